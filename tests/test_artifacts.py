@@ -1,0 +1,101 @@
+"""Content addressing and the commit protocol of the artifact store."""
+
+from pathlib import Path
+
+import pytest
+
+from w2s_ray.artifacts import ArtifactStore, check_key, stage_key
+from w2s_ray.config import ExperimentConfig, LossConfig, SplitConfig, TrainOverrides
+from w2s_ray.plan import plan_experiment
+
+
+def _cell(**changes):
+    cfg = ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6",
+                           split=SplitConfig(0, 50, 50, 50)).replace(**changes)
+    return plan_experiment(cfg).cells[0]
+
+
+def test_key_changes_with_any_param_or_input():
+    base = stage_key("train", {"lr": 1e-4, "epochs": 2}, {"data": "data-" + "0" * 24})
+    assert base == stage_key("train", {"epochs": 2, "lr": 1e-4}, {"data": "data-" + "0" * 24})
+    assert base != stage_key("train", {"lr": 2e-4, "epochs": 2}, {"data": "data-" + "0" * 24})
+    assert base != stage_key("train", {"lr": 1e-4, "epochs": 2}, {"data": "data-" + "1" * 24})
+    assert base != stage_key("infer", {"lr": 1e-4, "epochs": 2}, {"data": "data-" + "0" * 24})
+
+
+def test_weak_label_key_does_not_depend_on_student_loss():
+    xent = _cell()
+    logconf = _cell(loss=LossConfig("logconf", 0.75))
+    assert xent.weak_labels == logconf.weak_labels
+    assert xent.weak == logconf.weak and xent.ceiling == logconf.ceiling
+    assert xent.student != logconf.student
+
+
+def test_every_experiment_input_changes_the_student_key():
+    base = _cell()
+    variants = [
+        _cell(weak="minilm-l6-2l"),
+        _cell(strong="minilm-l3"),
+        _cell(split=SplitConfig(1, 50, 50, 50)),
+        _cell(split=SplitConfig(0, 51, 50, 50)),
+        _cell(train=TrainOverrides(lr=3e-5)),
+        _cell(train=TrainOverrides(epochs=3)),
+        _cell(train=TrainOverrides(max_len=32)),
+        _cell(loss=LossConfig("logconf", 0.5)),
+    ]
+    keys = {v.student for v in variants}
+    assert base.student not in keys and len(keys) == len(variants)
+
+
+def test_xent_key_ignores_alpha_but_logconf_does_not():
+    assert _cell(loss=LossConfig("xent", 0.5)).student == _cell(loss=LossConfig("xent", 0.75)).student
+    assert _cell(loss=LossConfig("logconf", 0.5)).student != _cell(loss=LossConfig("logconf", 0.75)).student
+
+
+def test_keys_cannot_escape_the_store_root():
+    for bad in ["../etc", "train-../../x", "TRAIN-" + "a" * 24, "train-" + "a" * 23, "a/b"]:
+        with pytest.raises(ValueError):
+            check_key(bad)
+
+
+def _artifact(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha")
+    (src / "sub" / "b.bin").write_bytes(b"\x00\x01" * 100)
+    (src / "skip.pt").write_text("optimizer state")
+    return src
+
+
+def test_commit_then_reload_verified(tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    key = "train-" + "ab" * 12
+    assert not store.exists(key)
+    store.commit(key, _artifact(tmp_path), {"seconds": 1.5}, exclude=("skip.pt",))
+    m = store.manifest(key)
+    assert m is not None and set(m.files) == {"a.txt", "sub/b.bin"} and m.meta["seconds"] == 1.5
+    assert (store.local_dir(key) / "a.txt").read_text() == "alpha"
+    assert not list((tmp_path / "store" / "tmp").iterdir())  # staging was renamed away
+
+
+def test_truncated_or_corrupted_file_is_detected(tmp_path, caplog):
+    store = ArtifactStore(str(tmp_path / "store"))
+    key = "train-" + "cd" * 12
+    store.commit(key, _artifact(tmp_path), {})
+    target = store.local_dir(key) / "sub" / "b.bin"
+    target.write_bytes(b"\x00\x01" * 99)  # truncated
+    assert not store.exists(key)
+    assert "truncated" in caplog.text
+    target.write_bytes(b"\x01\x01" * 100)  # same size, other bytes
+    assert not store.exists(key)
+    assert "checksum" in caplog.text
+    store.commit(key, _artifact(tmp_path), {})  # recompute replaces the broken copy
+    assert store.exists(key)
+
+
+def test_directory_without_manifest_is_not_an_artifact(tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    key = "infer-" + "ef" * 12
+    Path(store.path(key)).mkdir(parents=True)
+    (Path(store.path(key)) / "data.parquet").write_text("half written")
+    assert not store.exists(key)

@@ -1,0 +1,72 @@
+"""Dataset formatting and splits: determinism, disjointness, groups."""
+
+import pandas as pd
+import pytest
+
+from w2s_ray.config import ConfigError, SplitConfig
+from w2s_ray.data import load_rows, resolve_dataset, split_rows, text_id
+
+
+@pytest.fixture(scope="module")
+def multiemo() -> pd.DataFrame:
+    return load_rows(resolve_dataset("multiemo-sentences"))
+
+
+def test_rows_are_binary_with_stable_ids(multiemo):
+    assert list(multiemo.columns) == ["id", "text", "label", "group"]
+    assert set(multiemo["label"]) == {0, 1}
+    assert multiemo["id"].is_unique
+    assert (multiemo["id"] == multiemo["text"].map(text_id)).all()
+    assert (multiemo["group"] == multiemo["id"]).all()
+    again = load_rows(resolve_dataset("multiemo-sentences"))
+    pd.testing.assert_frame_equal(multiemo, again)
+
+
+def test_splits_are_deterministic_and_disjoint(multiemo):
+    cfg = SplitConfig(seed=3, n_weak=100, n_strong=120, n_test=150)
+    a = split_rows(multiemo, cfg)
+    b = split_rows(multiemo, cfg)
+    for name in ("A", "B", "test"):
+        pd.testing.assert_frame_equal(a[name], b[name])
+    assert [len(a[k]) for k in ("A", "B", "test")] == [100, 120, 150]
+    ids = [set(a[k]["id"]) for k in ("A", "B", "test")]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+
+
+def test_test_split_is_shared_across_seeds_but_halves_are_not(multiemo):
+    s0 = split_rows(multiemo, SplitConfig(seed=0, n_weak=100, n_strong=100, n_test=100))
+    s1 = split_rows(multiemo, SplitConfig(seed=1, n_weak=100, n_strong=100, n_test=100))
+    assert set(s0["test"]["id"]) == set(s1["test"]["id"])
+    assert set(s0["A"]["id"]) != set(s1["A"]["id"])
+
+
+def test_group_aware_split_keeps_question_pairs_together():
+    rows = load_rows(resolve_dataset("social-iqa"))
+    assert rows.groupby("group")["label"].agg(["count", "sum"]).eq([2, 1]).all().all()
+    parts = split_rows(rows, SplitConfig(seed=0, n_weak=60, n_strong=60, n_test=60))
+    groups = [set(p["group"]) for p in parts.values()]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+
+
+def test_too_many_rows_requested_is_a_config_error(multiemo):
+    with pytest.raises(ConfigError, match="do not fit"):
+        split_rows(multiemo, SplitConfig(n_weak=10_000))
+
+
+def test_unknown_dataset_names_the_value_and_the_choices():
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'.*multiemo-sentences"):
+        resolve_dataset("nope")
+
+
+def test_local_file_dataset(tmp_path):
+    path = tmp_path / "mine.csv"
+    pd.DataFrame({"text": ["good", "bad", "fine"], "label": [1, 0, 1]}).to_csv(path, index=False)
+    rows = load_rows(resolve_dataset(str(path)))
+    assert len(rows) == 3 and set(rows.columns) == {"id", "text", "label", "group"}
+
+
+def test_conflicting_duplicate_texts_are_dropped(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    pd.DataFrame({"text": ["a", "a", "b", "b"], "label": [1, 0, 1, 1]}).to_json(path, orient="records", lines=True)
+    rows = load_rows(resolve_dataset(str(path)))
+    assert rows["text"].tolist() == ["b"]

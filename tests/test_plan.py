@@ -1,0 +1,44 @@
+"""Planning: unique stages, dependency layers, shared stages across cells."""
+
+from w2s_ray.config import ExperimentConfig, LossConfig, SplitConfig
+from w2s_ray.plan import Plan, plan_experiment
+
+
+def _cfg(**kw):
+    return ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", split=SplitConfig(0, 50, 50, 50)).replace(**kw)
+
+
+def test_one_experiment_has_three_trainings_and_four_inferences():
+    plan = plan_experiment(_cfg())
+    assert plan.counts() == {"data": 1, "train": 3, "infer": 4}
+    kinds = [[s.kind for s in layer] for layer in plan.layers()]
+    assert kinds[0] == ["data"]
+    assert sorted(kinds[1]) == ["train", "train"]  # weak and ceiling side by side
+
+
+def test_layers_respect_dependencies():
+    plan = plan_experiment(_cfg())
+    seen: set[str] = set()
+    for layer in plan.layers():
+        for stage in layer:
+            assert set(stage.deps) <= seen
+        seen |= {s.key for s in layer}
+
+
+def test_cells_share_weak_model_labels_and_ceiling():
+    plan = Plan()
+    for loss in (LossConfig("xent"), LossConfig("logconf", 0.5), LossConfig("logconf", 0.75)):
+        plan_experiment(_cfg(loss=loss), plan)
+    # 1 weak + 1 ceiling + 3 students; 1 label job + weak/ceiling/3 student predictions
+    assert plan.counts() == {"data": 1, "train": 5, "infer": 6}
+    assert len({c.weak_labels for c in plan.cells}) == 1
+
+
+def test_student_reads_weak_labels_and_ceiling_reads_gt_of_the_same_half():
+    cell = plan_experiment(_cfg()).cells[0]
+    plan = plan_experiment(_cfg())
+    student, ceiling = plan.stages[cell.student], plan.stages[cell.ceiling]
+    assert student.params["split"] == ceiling.params["split"] == "B"
+    assert student.params["targets"] == "weak" and student.inputs["labels"] == cell.weak_labels
+    assert ceiling.params["targets"] == "gt" and "labels" not in ceiling.inputs
+    assert plan.stages[cell.weak].params["split"] == "A"

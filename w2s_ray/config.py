@@ -1,0 +1,167 @@
+"""Typed, validated configuration for one weak-to-strong experiment.
+
+Every value that can change a result lives here, so the artifact keys
+(see :mod:`w2s_ray.artifacts`) can be computed from these objects alone.
+Validation happens before anything is started or written: a bad value raises
+:class:`ConfigError` naming its field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LossName = Literal["xent", "logconf", "product"]
+LOSS_NAMES: tuple[str, ...] = ("xent", "logconf", "product")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``path`` names the offending field."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def _check_range(path: str, value: float, lo: float, hi: float) -> None:
+    if not (lo <= value <= hi):
+        raise ConfigError(path, f"{value!r} is outside [{lo:g}, {hi:g}]")
+
+
+def _check_positive(path: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(path, f"{value!r} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The student's loss. ``alpha_max``/``warmup_frac`` only matter for logconf."""
+
+    name: str = "xent"
+    alpha_max: float = 0.5
+    warmup_frac: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.name not in LOSS_NAMES:
+            raise ConfigError("loss", f"unknown loss {self.name!r}; allowed: {', '.join(LOSS_NAMES)}")
+        _check_range("alpha_max", self.alpha_max, 0.0, 1.0)
+        _check_range("warmup_frac", self.warmup_frac, 0.0, 1.0)
+
+    def effective(self) -> dict[str, Any]:
+        """Only the fields that change training, so xent keys ignore alpha."""
+        if self.name == "logconf":
+            return {"name": self.name, "alpha_max": self.alpha_max, "warmup_frac": self.warmup_frac}
+        return {"name": self.name}
+
+    @property
+    def label(self) -> str:
+        return f"logconf(a={self.alpha_max:g})" if self.name == "logconf" else self.name
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Sizes of the three disjoint splits and the seed that draws A and B.
+
+    The test set is drawn with a seed-independent salt, so every seed of a
+    sweep is measured on the same GT test rows.
+    """
+
+    seed: int = 0
+    n_weak: int = 1000  # half A: weak model's GT training rows
+    n_strong: int = 1000  # half B: weak labels, student and ceiling training rows
+    n_test: int = 2000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", f"{self.seed!r} must be a non-negative integer")
+        for name in ("n_weak", "n_strong", "n_test"):
+            _check_positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fine-tuning hyperparameters of one training stage (effective: no None)."""
+
+    lr: float
+    batch_size: int
+    minibatch_size: int
+    epochs: int
+    max_len: int
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.lr < 1.0):
+            raise ConfigError("lr", f"{self.lr!r} is outside (0, 1)")
+        for name in ("batch_size", "minibatch_size", "epochs", "max_len"):
+            _check_positive(name, getattr(self, name))
+        if self.batch_size % self.minibatch_size:
+            raise ConfigError(
+                "minibatch_size",
+                f"{self.minibatch_size} must divide batch_size {self.batch_size}",
+            )
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // self.minibatch_size
+
+
+@dataclass(frozen=True)
+class TrainOverrides:
+    """User overrides on top of the model registry's defaults (None = default)."""
+
+    lr: float | None = None
+    batch_size: int | None = None
+    minibatch_size: int | None = None
+    epochs: int | None = None
+    max_len: int | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where and how wide to run. Local and cluster runs differ only here.
+
+    ``address`` None starts a local Ray cluster with ``num_cpus`` logical CPUs
+    (more than the cores on purpose: trials, Train workers and Ray Data
+    ingest each need a reservation, see docs/ray notes on the 2-CPU
+    deadlock). ``torch_threads`` is what each worker really computes with.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    trial_cpus: float = 0.5
+    worker_cpus: float = 1.0
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_concurrent_trials: int = 2
+    torch_threads: int | None = None
+    max_failures: int = 1
+
+    def __post_init__(self) -> None:
+        _check_positive("resources.num_workers", self.num_workers)
+        _check_positive("resources.max_concurrent_trials", self.max_concurrent_trials)
+        if self.trial_cpus <= 0 or self.worker_cpus <= 0:
+            raise ConfigError("resources", "trial_cpus and worker_cpus must be > 0")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One cell: a (weak, strong) pair on a dataset with a loss and a seed."""
+
+    dataset: str
+    weak: str
+    strong: str
+    loss: LossConfig = field(default_factory=LossConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainOverrides = field(default_factory=TrainOverrides)
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A plain dict of a config dataclass (for JSON and hashing)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,187 @@
+"""Run a :class:`~w2s_ray.plan.Plan` on Ray, layer by layer, skipping what exists.
+
+* ``data`` stages run in the driver (small pyarrow work);
+* the ``train`` stages of a layer run as one Ray Tune experiment, one function
+  trial per stage, each launching a ``TorchTrainer`` (the Train V2 pattern);
+* ``infer`` stages run as Ray Data batch-inference jobs.
+
+A stage whose artifact is committed and verifies is never re-run; a plan whose
+stages all exist does not even start Ray. Trials check the store again when
+they start, so a retried or resumed experiment never trains a stage twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from w2s_ray.artifacts import ArtifactStore
+from w2s_ray.config import Resources
+from w2s_ray.plan import Plan, Stage
+
+Progress = Callable[[str], None]
+
+RAY_ENV = {
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ExecutionReport:
+    """What ran and what was loaded, with measured wall times per stage."""
+
+    ran: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+
+def ensure_ray(resources: Resources) -> None:
+    """Connect to ``resources.address`` or start a local cluster sized for trials + ingest."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    env_vars = {k: os.environ[k] for k in list(RAY_ENV) + ["HF_HUB_OFFLINE", "W2S_RAY_HOME"] if k in os.environ}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": False,
+                              "configure_logging": True, "logging_level": "ERROR"}
+    if resources.address:
+        ray.init(address=resources.address, **kwargs)
+    else:
+        cores = os.cpu_count() or 1
+        ray.init(num_cpus=resources.num_cpus or 2 * cores, include_dashboard=True, **kwargs)
+
+
+class _TrialProgress:
+    """Tune callback that turns trial reports into one progress line per epoch."""
+
+    def __new__(cls, stages: dict[str, Stage], progress: Progress):
+        from ray import tune
+
+        class Callback(tune.Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                stage = stages[trial.config["stage"]]
+                if "epoch" in result and "train_loss" in result:
+                    progress(f"    {stage.name}: epoch {result['epoch']}/{result['epochs']} "
+                             f"loss {result['train_loss']:.4f} ({result['samples_per_s']:.1f} rows/s)")
+
+            def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+                progress(f"    {stages[trial.config['stage']].name}: trial failed (Tune retries per FailureConfig)")
+
+        return Callback()
+
+
+def train_trial(config: dict[str, Any], stages: dict[str, Stage], store_uri: str, resources: Resources,
+                storage_path: str, torch_threads: int) -> None:
+    """A Tune function trial: one train stage as a TorchTrainer, then commit."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from w2s_ray.train import fit_train_stage
+
+    stage = stages[config["stage"]]
+    store = ArtifactStore(store_uri)
+    if store.exists(stage.key):  # committed by an earlier attempt of this trial
+        tune.report({"committed": 1, "cached": 1})
+        return
+    meta = fit_train_stage(stage, store, resources, storage_path, torch_threads, callbacks=[TuneReportCallback()])
+    tune.report({"committed": 1, "cached": 0, "seconds": meta["seconds"]})
+
+
+def _run_train_layer(stages: list[Stage], store: ArtifactStore, resources: Resources, storage_path: str,
+                     progress: Progress) -> None:
+    from ray import tune
+
+    concurrent = min(len(stages), resources.max_concurrent_trials)
+    threads = resources.torch_threads or max(1, (os.cpu_count() or 1) // concurrent)
+    by_key = {s.key: s for s in stages}
+    trainable = tune.with_parameters(train_trial, stages=by_key, store_uri=store.uri, resources=resources,
+                                     storage_path=storage_path, torch_threads=threads)
+    digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:12]
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"CPU": resources.trial_cpus}),
+        param_space={"stage": tune.grid_search(list(by_key))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(
+            name=f"train-layer-{digest}",
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+            callbacks=[_TrialProgress(by_key, progress)],
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    failed = [by_key[r.config["stage"]].name for r in grid if r.error is not None]
+    missing = [s.name for s in stages if not store.exists(s.key)]
+    if failed or missing:
+        raise StageFailed(f"training failed: {', '.join(failed or missing)} (logs under {storage_path})")
+
+
+def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path: str,
+            progress: Progress = print) -> ExecutionReport:
+    """Run every stage of ``plan`` whose artifact is missing, in dependency order."""
+    from w2s_ray.data import build_data_artifact, resolve_dataset
+    from w2s_ray.config import SplitConfig
+
+    report = ExecutionReport()
+    layers = plan.layers()
+    total = len(plan.stages)
+    done = 0
+    for layer in layers:
+        todo = [s for s in layer if not store.exists(s.key)]
+        for s in layer:
+            if s not in todo:
+                done += 1
+                report.cached.append(s.key)
+                progress(f"[{done}/{total}] {s.name}: loaded from artifact {s.key}")
+        if todo and any(s.kind != "data" for s in todo):
+            ensure_ray(resources)
+        for s in [s for s in todo if s.kind == "data"]:
+            t0 = time.perf_counter()
+            staging = store.staging_dir()
+            meta = build_data_artifact(resolve_dataset_by_params(s, resolve_dataset),
+                                       SplitConfig(**s.params["split"]), staging)
+            store.commit(s.key, staging, {"stage": s.name, "params": s.params, **meta})
+            done += 1
+            report.ran[s.key] = time.perf_counter() - t0
+            progress(f"[{done}/{total}] {s.name}: {meta['rows']} rows ({report.ran[s.key]:.1f}s)")
+        train = [s for s in todo if s.kind == "train"]
+        if train:
+            t0 = time.perf_counter()
+            progress(f"[{done + 1}-{done + len(train)}/{total}] training {len(train)} model(s) on Ray Train: "
+                     + "; ".join(s.name for s in train))
+            _run_train_layer(train, store, resources, storage_path, progress)
+            for s in train:
+                done += 1
+                report.ran[s.key] = store.manifest(s.key, verify=False).meta["seconds"]
+            progress(f"    layer done in {time.perf_counter() - t0:.1f}s")
+        for s in [s for s in todo if s.kind == "infer"]:
+            from w2s_ray.label import run_infer_stage
+
+            meta = run_infer_stage(s, store, actors=1, threads=resources.torch_threads or (os.cpu_count() or 1),
+                                   use_gpu=resources.use_gpu)
+            done += 1
+            report.ran[s.key] = meta["seconds"]
+            progress(f"[{done}/{total}] {s.name}: {meta['rows']} rows ({meta['seconds']:.1f}s)")
+    return report
+
+
+def resolve_dataset_by_params(stage: Stage, resolve: Callable[[str], Any]) -> Any:
+    """The dataset spec a data stage was planned from (by name, or by file path)."""
+    source = stage.params["source"]
+    return resolve(source.partition(":")[2] if source.startswith("file:") else stage.params["dataset"])
+
+
+def storage_dir(out: Path) -> str:
+    return str((out / "ray").resolve())

@@ -1,0 +1,83 @@
+"""Batch inference with Ray Data: weak labels on half B, predictions on test.
+
+``read_parquet → map_batches(actor pool) → write_parquet``: each actor loads
+the trained checkpoint once, rows stream through and never pass through the
+driver. The output holds ``id``, ``p1`` (P(class 1)) and, for weak labels,
+``text``; never the ground-truth label, so a student that trains on it cannot
+see GT.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from w2s_ray.models import load_classifier
+
+INFER_BATCH = 64
+
+
+class Predictor:
+    """A Ray Data actor: one model load, then P(class 1) for every batch."""
+
+    def __init__(self, store_uri: str, model_key: str, max_len: int, keep_text: bool, threads: int | None):
+        from w2s_ray.artifacts import ArtifactStore
+        from w2s_ray.train import MODEL_DIR
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model_dir = ArtifactStore(store_uri).local_dir(model_key) / MODEL_DIR
+        self.model, self.tokenizer = load_classifier(model_dir)
+        self.model.to(self.device).eval()
+        self.max_len, self.keep_text = max_len, keep_text
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from w2s_ray.train import encode
+
+        with torch.inference_mode():
+            logits = self.model(**encode(self.tokenizer, batch["text"], self.max_len, self.device))
+            p1 = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
+        out = {"id": batch["id"], "p1": p1.astype(np.float32)}
+        if self.keep_text:
+            out["text"] = batch["text"]
+        return out
+
+
+def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None = None,
+                    use_gpu: bool = False) -> dict[str, Any]:
+    """Label (split B) or predict (test) with the stage's model; commit the parquet."""
+    import ray.data
+
+    split = stage.params["split"]
+    source = store.data_uri(stage.inputs["data"], f"{split}.parquet")
+    keep_text = split == "B"
+    t0 = time.perf_counter()
+    ds = ray.data.read_parquet(source).select_columns(["id", "text"])
+    out = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"store_uri": store.uri, "model_key": stage.inputs["model"],
+                               "max_len": stage.params["max_len"], "keep_text": keep_text, "threads": threads},
+        batch_size=INFER_BATCH,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),
+        num_cpus=1,
+        num_gpus=1 if use_gpu else 0,
+    )
+    staging = store.staging_dir()
+    out.write_parquet(str(staging / "data"))
+    rows = pq.ParquetDataset(str(staging / "data")).read(columns=["id"]).num_rows
+    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": rows,
+            "seconds": time.perf_counter() - t0}
+    store.commit(stage.key, staging, meta)
+    shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
+def read_predictions(store: Any, key: str) -> "Any":
+    """The committed ``id, p1`` (and text) table of an ``infer`` artifact."""
+    return pq.read_table(store.path(key, "data"), filesystem=store.fs).to_pandas()

