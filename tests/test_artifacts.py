@@ -89,7 +89,7 @@ def test_truncated_or_corrupted_file_is_detected(tmp_path, caplog):
     target.write_bytes(b"\x01\x01" * 100)  # same size, other bytes
     assert not store.exists(key)
     assert "checksum" in caplog.text
-    store.commit(key, _artifact(tmp_path), {})  # recompute replaces the broken copy
+    store.commit(key, _artifact(tmp_path / "again"), {})  # recompute replaces the broken copy
     assert store.exists(key)
 
 

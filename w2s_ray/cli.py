@@ -127,7 +127,8 @@ def _run_plan(a: argparse.Namespace, cfg: ExperimentConfig, plan, resources: Res
     try:
         report = execute(plan, store, resources, storage_dir(out), progress=_say)
     except StageFailed as e:
-        return _fail("run", str(e)) and 1
+        _fail("run", str(e))
+        return 1
     row = cell_row(store, cell)
     row["wall_seconds"] = time.perf_counter() - t0
     paths = write_results([row], results_dir, {"stages_run": len(report.ran), "stages_loaded": len(report.cached)})
