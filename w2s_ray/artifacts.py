@@ -94,7 +94,8 @@ class ArtifactStore:
     """Keyed, verified, atomically committed stage outputs."""
 
     def __init__(self, uri: str):
-        self.uri = uri
+        # Ray workers run in other directories: a relative local path must not travel as such
+        self.uri = uri if "://" in uri else str(Path(uri).expanduser().resolve())
         self.fs, self.root = _resolve_fs(uri)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 

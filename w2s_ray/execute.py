@@ -12,7 +12,9 @@ they start, so a retried or resumed experiment never trains a stage twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ RAY_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the legacy reporter is silent; we print our own progress
 }
 
 
@@ -121,11 +124,33 @@ def _run_train_layer(stages: list[Stage], store: ArtifactStore, resources: Resou
             verbose=0,
         ),
     )
-    grid = tuner.fit()
-    failed = [by_key[r.config["stage"]].name for r in grid if r.error is not None]
+    with _quiet_tune_logs():
+        grid = tuner.fit()
+    failed = [f"{by_key[r.config['stage']].name}: {_root_cause(r.error)} (trial log: {r.path})"
+              for r in grid if r.error is not None]
     missing = [s.name for s in stages if not store.exists(s.key)]
     if failed or missing:
-        raise StageFailed(f"training failed: {', '.join(failed or missing)} (logs under {storage_path})")
+        raise StageFailed("training failed: " + ("; ".join(failed) or ", ".join(missing)))
+
+
+@contextlib.contextmanager
+def _quiet_tune_logs():
+    """Tune logs each failed attempt with a full traceback; we report the root cause once instead."""
+    loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.train")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _root_cause(error: BaseException | None) -> str:
+    """The last line of a remote traceback: the exception the user's code raised."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path: str,
