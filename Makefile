@@ -24,7 +24,7 @@ setup: $(STAMP)
 	$(BIN)/w2s-ray setup
 
 demo: setup
-	$(BIN)/w2s-ray run --dataset multiemo-sentences --weak minilm-l3 --strong minilm-l6 --loss xent
+	$(BIN)/w2s-ray run --dataset multiemo-sentences --weak minilm-l6-1l --strong minilm-l6 --loss xent
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest -q; rc=$$?; \

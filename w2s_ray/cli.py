@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def _fail(command: str, msg: str) -> int:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="multiemo-sentences", help="registry name or a .parquet/.csv/.jsonl file")
-    p.add_argument("--weak", default="minilm-l3", help="weak model: registry name, hub id or local dir")
+    p.add_argument("--weak", default="minilm-l6-1l", help="weak model: registry name, hub id or local dir")
     p.add_argument("--strong", default="minilm-l6", help="strong model: registry name, hub id or local dir")
     p.add_argument("--loss", default="xent", choices=LOSS_NAMES)
     p.add_argument("--alpha-max", type=float, default=0.5, help="logconf: final auxiliary weight, in [0, 1]")
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--sdist-dir", default=".w2s-downloads", help="where the bigbench sdist is downloaded")
     sub.add_parser("datasets", help="list registered datasets")
     sub.add_parser("models", help="list registered models")
+    cluster = sub.add_parser("cluster", help="cluster configs: validate launcher YAMLs and KubeRay manifests offline")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    validate = cluster_sub.add_parser("validate", help="check configs against Ray's and KubeRay's schemas")
+    validate.add_argument("paths", nargs="*", help="YAML files (default: every config under cluster/)")
     return parser
 
 
@@ -91,6 +96,23 @@ def _validate_overrides(a: argparse.Namespace) -> None:
         raise ConfigError("--lr", f"{a.lr} is outside (0, 1)")
 
 
+def _check_split_fits(cfg: ExperimentConfig) -> None:
+    """Fail before anything starts when the requested splits need more rows than the dataset has.
+
+    Hub datasets are skipped (counting them means downloading them); their
+    data stage raises the same error before any training starts.
+    """
+    from w2s_ray.data import load_rows, resolve_dataset
+
+    spec = resolve_dataset(cfg.dataset)
+    if spec.source.startswith("hf:"):
+        return
+    have, need = len(load_rows(spec)), cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test
+    if need > have:
+        raise ConfigError("split", f"{cfg.dataset} has {have} rows; --n-weak + --n-strong + --n-test = {need} "
+                                   "do not fit")
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from w2s_ray.offline import OfflineAssetError
     from w2s_ray.plan import plan_experiment
@@ -99,6 +121,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         _validate_overrides(a)
         cfg = experiment_from_args(a)
         plan = plan_experiment(cfg)
+        _check_split_fits(cfg)
         resources = Resources(address=a.address, max_concurrent_trials=a.max_concurrent)
     except ConfigError as e:
         flag = "--" + e.path.replace("_", "-") if not e.path.startswith("-") else e.path
@@ -160,6 +183,8 @@ def cmd_list(rows: list[dict], columns: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE") and argv is None:  # `w2s-ray datasets | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="w2s-ray: %(levelname)s: %(message)s")
     a = build_parser().parse_args(argv)
@@ -170,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "datasets":
         from w2s_ray.data import registry_rows
 
-        return cmd_list(registry_rows(), ("name", "source", "max_len", "description"))
+        return cmd_list(registry_rows(), ("name", "source", "split", "size", "max_len", "description"))
+    if a.command == "cluster":
+        from w2s_ray.cluster import main as validate_main
+
+        return validate_main(a.paths)
     from w2s_ray.models import registry_rows as model_rows
 
     return cmd_list(model_rows(), ("name", "source", "num_layers", "lr", "params_m", "description"))

