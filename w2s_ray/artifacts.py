@@ -174,7 +174,31 @@ class ArtifactStore:
             self._commit_local(key, src, manifest)
         else:
             self._commit_remote(key, src, manifest)
+        self._record(manifest)
         return manifest
+
+    def _record(self, manifest: Manifest) -> None:
+        """One ledger file per commit: the audit trail of work done (a stage built twice shows twice).
+
+        Separate files, not an appended log, so it works on object stores and
+        under concurrent writers.
+        """
+        entry = {"key": manifest.key, "created": manifest.created, "stage": manifest.meta.get("stage"),
+                 "seconds": manifest.meta.get("seconds")}
+        base = f"{self.root}/ledger"
+        self.fs.create_dir(base, recursive=True)
+        with self.fs.open_output_stream(f"{base}/{manifest.key}.{uuid.uuid4().hex[:12]}.json") as f:
+            f.write(json.dumps(entry).encode())
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Every commit ever made to this store, oldest first."""
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/ledger", allow_not_found=True))
+        entries = []
+        for info in infos:
+            if info.is_file and info.path.endswith(".json"):
+                with self.fs.open_input_stream(info.path) as f:
+                    entries.append(json.loads(f.read().decode()))
+        return sorted(entries, key=lambda e: e["created"])
 
     def _commit_local(self, key: str, src: Path, manifest: Manifest) -> None:
         final = Path(self.path(key))

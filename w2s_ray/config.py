@@ -139,6 +139,7 @@ class Resources:
     max_concurrent_trials: int = 2
     torch_threads: int | None = None
     max_failures: int = 1
+    driver_resource: str | None = None  # a custom resource only non-spot nodes offer
 
     def __post_init__(self) -> None:
         _check_positive("resources.num_workers", self.num_workers)
@@ -157,6 +158,15 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainOverrides = field(default_factory=TrainOverrides)
+    model_train: tuple[tuple[str, TrainOverrides], ...] = ()  # per-model overrides, on top of ``train``
+
+    def overrides_for(self, model: str) -> TrainOverrides:
+        """``train`` with the model's own overrides on top (None never overrides)."""
+        merged = as_dict(self.train)
+        for name, ov in self.model_train:
+            if name == model:
+                merged.update({k: v for k, v in as_dict(ov).items() if v is not None})
+        return TrainOverrides(**merged)
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         return dataclasses.replace(self, **changes)

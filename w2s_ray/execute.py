@@ -33,6 +33,9 @@ RAY_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
     "RAY_AIR_NEW_OUTPUT": "0",
+    # Ctrl-C raises KeyboardInterrupt at once: committed artifacts and Train
+    # checkpoints (not Tune's experiment state) are what a re-run resumes from.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
     "RAY_DATA_LOG_LEVEL": "ERROR",  # Ray Data logs every job's plan; the driver prints our own progress
     # The raylet warns once the worker processes it started exceed 4x this
     # (default: the core count, 2 here); trials, Train workers and Data actors

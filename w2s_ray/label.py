@@ -57,20 +57,6 @@ class Predictor:
             logits = self.model(**encode(self.tokenizer, texts, self.max_len, self.device))
             return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
 
-def bound_predictor(**kwargs: Any) -> type:
-    """A Predictor subclass with its constructor arguments bound.
-
-    Ray Data would otherwise ship ``fn_constructor_kwargs`` through the object
-    store, and Ray logs an error line for every restartable actor built so.
-    """
-
-    class BoundPredictor(Predictor):
-        def __init__(self) -> None:
-            super().__init__(**kwargs)
-
-    return BoundPredictor
-
-
 def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None = None,
                     use_gpu: bool = False) -> dict[str, Any]:
     """Label (split B) or predict (test) with the stage's model; commit the parquet."""
@@ -82,8 +68,9 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
     t0 = time.perf_counter()
     ds = ray.data.read_parquet(source).select_columns(["id", "text"])
     out = ds.map_batches(
-        bound_predictor(store_uri=store.uri, model_key=stage.inputs["model"], max_len=stage.params["max_len"],
-                        keep_text=keep_text, threads=threads),
+        Predictor,
+        fn_constructor_kwargs={"store_uri": store.uri, "model_key": stage.inputs["model"],
+                               "max_len": stage.params["max_len"], "keep_text": keep_text, "threads": threads},
         batch_size=INFER_BATCH,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),
         num_cpus=1,

@@ -33,19 +33,20 @@ class Stage:
     name: str
     params: dict[str, Any] = field(compare=False, hash=False)
     inputs: dict[str, str] = field(compare=False, hash=False)
+    role: str = field(default="", compare=False)  # for people: weak, labels, ceiling, student, predict
 
     @property
     def deps(self) -> tuple[str, ...]:
         return tuple(self.inputs.values())
 
 
-def _stage(kind: str, name: str, params: dict[str, Any], inputs: dict[str, str]) -> Stage:
-    return Stage(stage_key(kind, params, inputs), kind, name, params, inputs)
+def _stage(kind: str, name: str, params: dict[str, Any], inputs: dict[str, str], role: str) -> Stage:
+    return Stage(stage_key(kind, params, inputs), kind, name, params, inputs, role)
 
 
 def data_stage(ds: DatasetSpec, split: SplitConfig) -> Stage:
     params = {"dataset": ds.name, "source": ds.source, "version": fingerprint(ds), "split": asdict(split)}
-    return _stage("data", f"data {ds.name} seed {split.seed}", params, {})
+    return _stage("data", f"data {ds.name} seed {split.seed}", params, {}, "data")
 
 
 def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: int) -> TrainConfig:
@@ -56,14 +57,14 @@ def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: in
         batch_size=batch,
         minibatch_size=min(ov.minibatch_size or model.minibatch_size or batch, batch),
         epochs=ov.epochs or DEFAULT_EPOCHS,
-        max_len=ov.max_len or ds.max_len,
+        max_len=min(ov.max_len or ds.max_len, model.max_len or ds.max_len),
         seed=seed,
     )
 
 
 def train_stage(
     role: str, model: ModelSpec, train: TrainConfig, loss: LossConfig, data: Stage, split: str,
-    labels: Stage | None = None,
+    labels: Stage | None = None, teacher: str = "",
 ) -> Stage:
     """Fine-tune on ``split``: GT labels if ``labels`` is None, else those weak labels."""
     params = {
@@ -74,15 +75,15 @@ def train_stage(
         "targets": "gt" if labels is None else "weak",
     }
     inputs = {"data": data.key} | ({"labels": labels.key} if labels is not None else {})
-    source = "GT" if labels is None else "weak labels"
-    return _stage("train", f"{role} {model.name} on {split} ({source}, {loss.label})", params, inputs)
+    source = "GT" if labels is None else f"labels of {teacher or 'weak'}"
+    return _stage("train", f"{role} {model.name} on {split} ({source}, {loss.label})", params, inputs, role)
 
 
 def infer_stage(role: str, model: Stage, data: Stage, split: str) -> Stage:
     params = {"split": split, "max_len": model.params["train"]["max_len"]}
     what = "weak labels" if split == "B" else f"predict {split}"
     return _stage("infer", f"{what} of {role} {model.params['model']['name']}", params,
-                  {"model": model.key, "data": data.key})
+                  {"model": model.key, "data": data.key}, "labels" if split == "B" else f"{role} predictions")
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,13 @@ class Plan:
             out[d].append(self.stages[key])
         return out
 
+    def role_counts(self) -> dict[str, int]:
+        """Unique stages per role: what a sweep really trains and labels."""
+        counts: dict[str, int] = {}
+        for s in self.stages.values():
+            counts[s.role] = counts.get(s.role, 0) + 1
+        return counts
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for s in self.stages.values():
@@ -135,14 +143,75 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     strong_model = resolve_model(cfg.strong, "strong")
     seed = cfg.split.seed
     data = plan.add(data_stage(ds, cfg.split))
-    strong_train = train_config(strong_model, ds, cfg.train, seed)
-    weak = plan.add(train_stage("weak", weak_model, train_config(weak_model, ds, cfg.train, seed), GT_LOSS,
-                                data, "A"))
+    strong_train = train_config(strong_model, ds, cfg.overrides_for(cfg.strong), seed)
+    weak_train = train_config(weak_model, ds, cfg.overrides_for(cfg.weak), seed)
+    weak = plan.add(train_stage("weak", weak_model, weak_train, GT_LOSS, data, "A"))
     labels = plan.add(infer_stage("weak", weak, data, "B"))
     ceiling = plan.add(train_stage("ceiling", strong_model, strong_train, GT_LOSS, data, "B"))
-    student = plan.add(train_stage("student", strong_model, strong_train, cfg.loss, data, "B", labels))
+    student = plan.add(train_stage("student", strong_model, strong_train, cfg.loss, data, "B", labels,
+                                   weak_model.name))
     tests = [plan.add(infer_stage(role, s, data, "test"))
              for role, s in (("weak", weak), ("ceiling", ceiling), ("student", student))]
     plan.cells.append(Cell(cfg, data.key, weak.key, labels.key, tests[0].key, ceiling.key, tests[1].key,
                            student.key, tests[2].key))
     return plan
+
+
+def plan_experiments(configs: list[ExperimentConfig]) -> Plan:
+    """One plan for many cells; stages they share are planned (and run) once."""
+    plan = Plan()
+    for cfg in configs:
+        plan_experiment(cfg, plan)
+    return plan
+
+
+def naive_trainings(configs: list[ExperimentConfig]) -> int:
+    """Trainings without sharing: every cell its own weak, ceiling and student (the reference code's way)."""
+    return 3 * len(configs)
+
+
+def trial_request(stage: Stage, use_gpu: bool, num_workers: int, worker_cpus: float) -> str:
+    """What one training trial of ``stage`` asks the cluster for, in words."""
+    if not use_gpu:
+        return f"{num_workers} worker(s) x {worker_cpus:g} CPU"
+    from w2s_ray.models import resolve_model
+    from w2s_ray.presets import trial_resources
+
+    model = stage.params["model"]
+    spec = resolve_model(model["name"]) if model["source"].startswith("hub:") else None
+    if spec is None:
+        return f"{num_workers} worker(s) x 1 GPU"
+    need = trial_resources(spec, minibatch_size=stage.params["train"]["minibatch_size"],
+                           max_len=stage.params["train"]["max_len"])
+    if not need["fits"]:
+        return "does not fit one node"
+    gb = f", ~{need['per_gpu_gb']:g} GB/GPU" if need["per_gpu_gb"] is not None else ""
+    extras = ", grad checkpointing" if need["gradient_checkpointing"] else ""
+    return f"{need['gpus_per_trial']} GPU ({need['strategy']}{gb}{extras})"
+
+
+def describe_plan(spec: Any, plan: Plan) -> str:
+    """``w2s-ray plan``: the unique stages per role, what each training asks for, and the cells."""
+    r = spec.resources
+    counts = plan.role_counts()
+    trainings = sum(v for k, v in counts.items() if k in ("weak", "ceiling", "student"))
+    lines = [
+        f"sweep {spec.name}: {len(spec.datasets)} dataset(s) x {len(spec.seeds)} seed(s) x "
+        f"{len(spec.pair_list())} pair(s) x {len(spec.loss_configs())} loss variant(s) = {len(plan.cells)} cells",
+        "unique stages: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+        f"trainings: {trainings} (without sharing stages: {naive_trainings([c.config for c in plan.cells])})",
+        f"resources: profile {r.profile}, max {r.max_concurrent_trials} concurrent trial(s), "
+        f"{r.num_workers} Train worker(s) per trial, storage {r.storage or '(local: --out)'}",
+        "",
+        "trainings (stage, epochs, max_len, per-trial request, key):",
+    ]
+    for s in plan.stages.values():
+        if s.kind == "train":
+            t = s.params["train"]
+            lines.append(f"  {s.name:58} epochs {t['epochs']} max_len {t['max_len']:<5} "
+                         f"{trial_request(s, r.use_gpu, r.num_workers, r.worker_cpus)}  [{s.key}]")
+    lines += ["", "cells (dataset, seed, weak -> strong, loss):"]
+    for i, c in enumerate(plan.cells, 1):
+        cfg = c.config
+        lines.append(f"  {i:3}. {cfg.dataset} seed {cfg.split.seed}: {cfg.weak} -> {cfg.strong}, {cfg.loss.label}")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from w2s_ray import metrics
@@ -69,19 +70,91 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
     return row
 
 
-def write_results(rows: list[dict[str, Any]], out: Path, run_info: dict[str, Any]) -> dict[str, Path]:
-    """results.parquet, results.csv and results.json in ``out`` (written atomically)."""
-    out.mkdir(parents=True, exist_ok=True)
+GROUP = ["dataset", "weak", "strong", "loss", "alpha_max", "warmup_frac"]
+
+
+def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per grid point over seeds: means, medians and a bootstrap CI of mean PGR.
+
+    With one seed the CI is that cell's test-set bootstrap; with several it
+    resamples seeds (the larger source of variance in weak-to-strong runs).
+    """
     frame = pd.DataFrame(rows)
-    paths = {"parquet": out / "results.parquet", "csv": out / "results.csv", "json": out / "results.json"}
-    tmp = {k: p.with_name(f".{p.name}.tmp") for k, p in paths.items()}
-    frame.to_parquet(tmp["parquet"], index=False)
-    frame.to_csv(tmp["csv"], index=False)
-    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-    tmp["json"].write_text(json.dumps({"run": run_info, "results": clean}, indent=1, default=str))
-    for k in paths:
-        tmp[k].replace(paths[k])
+    out = []
+    for key, g in frame.groupby(GROUP, dropna=False, sort=False):
+        row = dict(zip(GROUP, key))
+        row["n_seeds"] = len(g)
+        for col in ("weak_acc", "student_acc", "ceiling_acc", "agreement"):
+            row[f"{col}_mean"] = float(g[col].mean())
+        pgrs = g["pgr"].dropna().to_numpy(dtype=float)
+        row["pgr_defined"] = len(pgrs)
+        row["pgr_mean"] = float(pgrs.mean()) if len(pgrs) else None
+        row["pgr_median"] = float(np.median(pgrs)) if len(pgrs) else None
+        if len(pgrs) > 1:
+            draws = np.random.default_rng(seed).choice(pgrs, size=(n_boot, len(pgrs))).mean(axis=1)
+            row["pgr_ci_low"], row["pgr_ci_high"] = (float(x) for x in np.percentile(draws, [2.5, 97.5]))
+        elif len(pgrs) == 1:
+            row["pgr_ci_low"], row["pgr_ci_high"] = float(g["pgr_ci_low"].iloc[0]), float(g["pgr_ci_high"].iloc[0])
+        else:
+            row["pgr_ci_low"] = row["pgr_ci_high"] = None
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _json_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+
+
+def write_results(rows: list[dict[str, Any]], out: Path, run_info: dict[str, Any],
+                  agg: pd.DataFrame | None = None) -> dict[str, Path]:
+    """results.{parquet,csv}, aggregate.{parquet,csv} and results.json in ``out``, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    frames = {"results": pd.DataFrame(rows)}
+    if agg is not None:
+        frames["aggregate"] = agg
+    paths: dict[str, Path] = {}
+    staged: list[tuple[Path, Path]] = []
+    for name, frame in frames.items():
+        for ext in ("parquet", "csv"):
+            final = out / f"{name}.{ext}"
+            tmp = final.with_name(f".{final.name}.tmp")
+            frame.to_parquet(tmp, index=False) if ext == "parquet" else frame.to_csv(tmp, index=False)
+            staged.append((tmp, final))
+            paths[ext if name == "results" else f"{name}_{ext}"] = final
+    final = out / "results.json"
+    tmp = final.with_name(".results.json.tmp")
+    doc = {"run": run_info, "results": _json_safe(rows)}
+    if agg is not None:
+        doc["aggregate"] = _json_safe(agg.to_dict("records"))
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    staged.append((tmp, final))
+    paths["json"] = final
+    for tmp, final in staged:
+        tmp.replace(final)
     return paths
+
+
+def read_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy per-cell table and its aggregate, as written by :func:`write_results`."""
+    results_dir = Path(results_dir)
+    if not (results_dir / "results.parquet").is_file():
+        raise FileNotFoundError(f"{results_dir} holds no results.parquet (not a w2s-ray results directory)")
+    cells = pd.read_parquet(results_dir / "results.parquet")
+    agg_path = results_dir / "aggregate.parquet"
+    agg = pd.read_parquet(agg_path) if agg_path.is_file() else aggregate(cells.to_dict("records"))
+    return cells, agg
+
+
+def format_grid(frame: pd.DataFrame) -> str:
+    """The terminal table of a sweep: one line per cell, numbers straight from the table."""
+    head = f"{'dataset':20}{'weak':14}{'strong':14}{'loss':18}{'seed':>5}{'weak':>8}{'student':>9}{'ceiling':>9}{'PGR':>8}"
+    lines = [head]
+    for r in frame.to_dict("records"):
+        loss = f"logconf(a={r['alpha_max']:g})" if r["loss"] == "logconf" else r["loss"]
+        pgr = "n/a" if r["pgr"] is None or (isinstance(r["pgr"], float) and math.isnan(r["pgr"])) else f"{r['pgr']:.3f}"
+        lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{loss:18}{r['seed']:>5}"
+                     f"{r['weak_acc']:>8.4f}{r['student_acc']:>9.4f}{r['ceiling_acc']:>9.4f}{pgr:>8}")
+    return "\n".join(lines)
 
 
 def format_table(row: dict[str, Any]) -> str:

@@ -1,0 +1,187 @@
+"""The paper's figures and a Markdown summary, from a results directory alone.
+
+Every number drawn or printed comes from ``results.parquet`` /
+``aggregate.parquet``, so the table, the figures and the terminal agree.
+
+Figures (PNG):
+* ``accuracy_vs_size.png``: GT test accuracy against strong-model size, one
+  line per weak model (its students), the strong ceiling in black and each
+  weak model's own accuracy as a marker (paper Fig. 3 layout);
+* ``pgr_heatmap.png``: mean PGR over weak × strong, one panel per loss;
+* ``pgr_by_loss.png``: mean PGR per pair and loss, with confidence intervals.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+FIGURES = ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png")
+
+
+def loss_label(row: dict[str, Any] | pd.Series) -> str:
+    if row["loss"] == "logconf":
+        return f"logconf a={row['alpha_max']:g} w={row['warmup_frac']:g}"
+    return str(row["loss"])
+
+
+def model_size(name: str) -> float:
+    """Millions of parameters for plotting; NaN when unknown."""
+    from w2s_ray.models import resolve_model
+    from w2s_ray.presets import params_m
+
+    try:
+        size = params_m(resolve_model(name))
+    except Exception:  # a local path that has moved: plot by order instead
+        size = None
+    return float(size) if size is not None else math.nan
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ordered_models(cells: pd.DataFrame) -> list[str]:
+    """Models smallest first (by size, then by first appearance)."""
+    names = list(dict.fromkeys(list(cells["weak"]) + list(cells["strong"])))
+    return sorted(names, key=lambda n: (model_size(n) if not math.isnan(model_size(n)) else math.inf,
+                                        names.index(n)))
+
+
+def plot_accuracy_vs_size(agg: pd.DataFrame, out: Path) -> Path:
+    plt = _pyplot()
+    panels = list(agg.groupby(["dataset", agg.apply(loss_label, axis=1)], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    order = _ordered_models(agg)
+    x_of = {m: (model_size(m) if not math.isnan(model_size(m)) else i + 1) for i, m in enumerate(order)}
+    for ax, ((dataset, loss), g) in zip(axes[0], panels):
+        ceil = g.groupby("strong")["ceiling_acc_mean"].mean().sort_index(key=lambda s: s.map(x_of))
+        ax.plot([x_of[m] for m in ceil.index], ceil.values, "k-o", label="strong ceiling (GT)", zorder=3)
+        for weak, gw in g.groupby("weak", sort=False):
+            gw = gw.sort_values("strong", key=lambda s: s.map(x_of))
+            line, = ax.plot([x_of[m] for m in gw["strong"]], gw["student_acc_mean"], "-o", label=f"weak {weak}")
+            ax.plot([x_of[weak]], [gw["weak_acc_mean"].iloc[0]], "*", ms=12, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("strong model size (M parameters)")
+        ax.set_ylabel("test accuracy (GT)")
+        ax.set_title(f"{dataset}\n{loss}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / FIGURES[0]
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pgr_heatmap(agg: pd.DataFrame, out: Path) -> Path:
+    plt = _pyplot()
+    panels = list(agg.groupby(["dataset", agg.apply(loss_label, axis=1)], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    order = _ordered_models(agg)
+    weaks = [m for m in order if m in set(agg["weak"])]
+    strongs = [m for m in order if m in set(agg["strong"])]
+    for ax, ((dataset, loss), g) in zip(axes[0], panels):
+        grid = g.pivot_table(index="weak", columns="strong", values="pgr_mean", aggfunc="mean")
+        grid = grid.reindex(index=weaks, columns=strongs)
+        im = ax.imshow(grid.to_numpy(dtype=float), cmap="RdYlGn", vmin=-0.5, vmax=1.0)
+        ax.set_xticks(range(len(strongs)), strongs, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(weaks)), weaks, fontsize=8)
+        for i, w in enumerate(weaks):
+            for j, s in enumerate(strongs):
+                v = grid.loc[w, s]
+                ax.text(j, i, "n/a" if pd.isna(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xlabel("strong")
+        ax.set_ylabel("weak")
+        ax.set_title(f"PGR: {dataset}\n{loss}", fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = out / FIGURES[1]
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pgr_by_loss(agg: pd.DataFrame, out: Path) -> Path:
+    plt = _pyplot()
+    agg = agg.assign(loss_label=agg.apply(loss_label, axis=1), pair=agg["weak"] + " → " + agg["strong"])
+    pairs = list(dict.fromkeys(agg["pair"]))
+    losses = list(dict.fromkeys(agg["loss_label"]))
+    width = 0.8 / max(len(losses), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(pairs) * max(len(losses), 1) / 2), 4))
+    for k, loss in enumerate(losses):
+        g = agg[agg["loss_label"] == loss].groupby("pair").first().reindex(pairs)
+        xs = [i + (k - (len(losses) - 1) / 2) * width for i in range(len(pairs))]
+        mean = g["pgr_mean"].astype(float)
+        err = [(mean - g["pgr_ci_low"].astype(float)).clip(lower=0).fillna(0),
+               (g["pgr_ci_high"].astype(float) - mean).clip(lower=0).fillna(0)]
+        ax.bar(xs, mean.fillna(0), width, yerr=err, capsize=3, label=loss)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(pairs)), pairs, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("PGR (mean over seeds, 95% CI)")
+    ax.set_title("Performance gap recovered by loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / FIGURES[2]
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in frame.to_dict("records"):
+        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def summary_markdown(cells: pd.DataFrame, agg: pd.DataFrame) -> str:
+    show = agg.assign(loss=agg.apply(loss_label, axis=1))[
+        ["dataset", "weak", "strong", "loss", "n_seeds", "weak_acc_mean", "student_acc_mean", "ceiling_acc_mean",
+         "pgr_mean", "pgr_ci_low", "pgr_ci_high"]]
+    degenerate = cells[cells["pgr"].isna()]
+    parts = [
+        "# Weak-to-strong sweep report", "",
+        f"{len(cells)} cell(s), {cells['seed'].nunique()} seed(s), test set of {int(cells['n_test'].iloc[0])} "
+        "GT rows per dataset. PGR = (student - weak) / (ceiling - weak); CI: bootstrap over seeds "
+        "(one seed: over test rows).", "",
+        _markdown_table(show), "",
+    ]
+    if len(degenerate):
+        parts += [f"{len(degenerate)} cell(s) have a degenerate gap (ceiling <= weak): PGR n/a.", ""]
+    for name, title in zip(FIGURES, ("Accuracy against strong-model size", "PGR over weak x strong",
+                                     "PGR by loss")):
+        parts += [f"## {title}", "", f"![{title}]({name})", ""]
+    return "\n".join(parts)
+
+
+def write_report(results_dir: Path) -> dict[str, Path]:
+    """Figures + ``report.md`` into ``results_dir``; returns their paths."""
+    from w2s_ray.results import read_results
+
+    results_dir = Path(results_dir)
+    cells, agg = read_results(results_dir)
+    paths = {
+        "accuracy_vs_size": plot_accuracy_vs_size(agg, results_dir),
+        "pgr_heatmap": plot_pgr_heatmap(agg, results_dir),
+        "pgr_by_loss": plot_pgr_by_loss(agg, results_dir),
+    }
+    md = results_dir / "report.md"
+    md.write_text(summary_markdown(cells, agg))
+    paths["report"] = md
+    return paths

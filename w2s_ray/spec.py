@@ -1,0 +1,303 @@
+"""Sweep specs: YAML → typed, validated :class:`SweepSpec`.
+
+A spec names datasets, a model ladder ordered by size, which (weak, strong)
+pairs to run, losses with their ``alpha_max`` / ``warmup_frac`` grids, seeds,
+training hyperparameters (global and per model) and a resources profile.
+Loading is strict: an unknown key, a wrong type or an impossible value is a
+:class:`~w2s_ray.config.ConfigError` whose path names the field
+(``resources.max_concurrent_trials``, ``losses[1]``), raised before anything
+is started or written. YAML is read with ``safe_load`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from w2s_ray.config import (
+    LOSS_NAMES,
+    ConfigError,
+    ExperimentConfig,
+    LossConfig,
+    Resources,
+    SplitConfig,
+    TrainOverrides,
+)
+
+PAIR_RULES = ("weak<strong", "weak<=strong")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    n_weak: int = 1000
+    n_strong: int = 1000
+    n_test: int = 2000
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Hyperparameter overrides; None keeps the model registry's default."""
+
+    lr: float | None = None
+    batch_size: int | None = None
+    minibatch_size: int | None = None
+    epochs: int | None = None
+    max_len: int | None = None
+
+    def overrides(self) -> TrainOverrides:
+        return TrainOverrides(**dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    """Where the sweep runs. ``local`` and ``cluster`` differ only in these values."""
+
+    profile: Literal["local", "cluster"] = "local"
+    address: str | None = None  # None: start a local Ray cluster; "auto" or ray://… on a cluster
+    storage: str | None = None  # artifact store + Tune results: a path or s3:// / gs:// URI
+    num_cpus: int | None = None
+    trial_cpus: float = 0.5
+    worker_cpus: float = 1.0
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_concurrent_trials: int = 2
+    torch_threads: int | None = None
+    max_failures: int = 1
+    driver_resource: str | None = None  # custom resource that pins trial drivers to non-spot nodes
+
+    def resources(self) -> Resources:
+        return Resources(
+            address=self.address, num_cpus=self.num_cpus, trial_cpus=self.trial_cpus,
+            worker_cpus=self.worker_cpus, num_workers=self.num_workers, use_gpu=self.use_gpu,
+            max_concurrent_trials=self.max_concurrent_trials, torch_threads=self.torch_threads,
+            max_failures=self.max_failures, driver_resource=self.driver_resource,
+        )
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    datasets: list[str]
+    models: list[str]  # the ladder, smallest first
+    pairs: Union[str, list[list[str]]] = "weak<strong"
+    losses: list[str] = field(default_factory=lambda: ["xent"])
+    alpha_max: list[float] = field(default_factory=lambda: [0.5])
+    warmup_frac: list[float] = field(default_factory=lambda: [0.2])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    split: SplitSpec = field(default_factory=SplitSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    model_train: dict[str, TrainSpec] = field(default_factory=dict)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    description: str = ""
+
+    def pair_list(self) -> list[tuple[str, str]]:
+        """The (weak, strong) pairs, in ladder order."""
+        if isinstance(self.pairs, list):
+            return [(w, s) for w, s in self.pairs]
+        strict = self.pairs == "weak<strong"
+        return [(w, s) for i, w in enumerate(self.models) for j, s in enumerate(self.models)
+                if (i < j if strict else i <= j)]
+
+    def loss_configs(self) -> list[LossConfig]:
+        """xent / product once; logconf once per (alpha_max, warmup_frac)."""
+        out: list[LossConfig] = []
+        for name in self.losses:
+            if name == "logconf":
+                out += [LossConfig(name, a, w) for a, w in itertools.product(self.alpha_max, self.warmup_frac)]
+            else:
+                out.append(LossConfig(name))
+        return out
+
+    def experiments(self) -> list[ExperimentConfig]:
+        """Every cell of the grid: dataset × seed × pair × loss variant."""
+        model_train = tuple(sorted((m, t.overrides()) for m, t in self.model_train.items()))
+        return [
+            ExperimentConfig(
+                dataset=ds, weak=weak, strong=strong, loss=loss,
+                split=SplitConfig(seed, self.split.n_weak, self.split.n_strong, self.split.n_test),
+                train=self.train.overrides(), model_train=model_train,
+            )
+            for ds, seed, (weak, strong), loss in itertools.product(
+                self.datasets, self.seeds, self.pair_list(), self.loss_configs())
+        ]
+
+
+# -- strict loading -----------------------------------------------------------------
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec file (errors name the field path)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("spec", f"sweep spec {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("spec", f"{path} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError("spec", f"{path} must hold a mapping of sweep fields, got {type(data).__name__}")
+    data.setdefault("name", p.stem)
+    return spec_from_dict(data)
+
+
+def spec_from_dict(data: dict[str, Any]) -> SweepSpec:
+    spec = _build(SweepSpec, data, "")
+    _check_semantics(spec)
+    return spec
+
+
+def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
+    """Plain data that :func:`spec_from_dict` turns back into an equal spec."""
+    return dataclasses.asdict(spec)
+
+
+def _join(path: str, name: str | int) -> str:
+    if isinstance(name, int):
+        return f"{path}[{name}]"
+    return f"{path}.{name}" if path else name
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(path or "spec", f"expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields), key=str)
+    if unknown:
+        raise ConfigError(_join(path, str(unknown[0])), f"unknown field; allowed: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], _join(path, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(path, name), "required field is missing")
+    try:
+        return cls(**values)
+    except ConfigError as e:  # a nested config's own check: prefix our path
+        raise ConfigError(_join(path, e.path), e.message) from None
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (no silent conversions but int → float)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as e:
+                errors.append(e.message)
+        raise ConfigError(path, " or ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(path, f"{value!r} is not allowed; allowed: {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected a list, got {_kind(value)}")
+        return [_coerce(args[0], v, _join(path, i)) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {_kind(value)}")
+        return {_coerce(args[0], k, path): _coerce(args[1], v, _join(path, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(path, f"expected {tp.__name__}, got {_kind(value)} {value!r}")
+    return value
+
+
+def _check_semantics(spec: SweepSpec) -> None:
+    """Values that type-check but cannot run; every name is resolved before anything starts."""
+    from w2s_ray.data import resolve_dataset
+    from w2s_ray.models import resolve_model
+
+    _nonempty_unique(spec, ("datasets", "models", "losses", "alpha_max", "warmup_frac", "seeds"))
+    for i, ds in enumerate(spec.datasets):
+        _prefixed(f"datasets[{i}]", resolve_dataset, ds)
+    for i, m in enumerate(spec.models):
+        _prefixed(f"models[{i}]", resolve_model, m)
+    for i, loss in enumerate(spec.losses):
+        if loss not in LOSS_NAMES:
+            raise ConfigError(f"losses[{i}]", f"unknown loss {loss!r}; allowed: {', '.join(LOSS_NAMES)}")
+    for name in ("alpha_max", "warmup_frac"):
+        for i, v in enumerate(getattr(spec, name)):
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{name}[{i}]", f"{v!r} is outside [0, 1]")
+    for i, s in enumerate(spec.seeds):
+        if s < 0:
+            raise ConfigError(f"seeds[{i}]", f"{s} must be a non-negative integer")
+    _check_pairs(spec)
+    for m in spec.model_train:
+        if m not in spec.models:
+            raise ConfigError(f"model_train.{m}", f"{m!r} is not in models ({', '.join(spec.models)})")
+    for path, obj in [("split", spec.split), ("train", spec.train)] + [
+            (f"model_train.{m}", t) for m, t in spec.model_train.items()]:
+        _prefixed(path, _check_positive_fields, obj)
+    _prefixed("resources", ResourcesSpec.resources, spec.resources)
+    if spec.resources.profile == "cluster" and not spec.resources.storage:
+        raise ConfigError("resources.storage", "a cluster profile needs shared storage (NFS path, s3:// or gs://)")
+
+
+def _prefixed(path: str, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ConfigError as e:
+        if e.path.startswith(path.split("[")[0]):  # already a full path
+            raise
+        inner = e.path if e.path not in ("dataset", "model", "weak", "strong") else ""
+        raise ConfigError(_join(path, inner) if inner else path, e.message) from None
+
+
+def _check_positive_fields(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if v is not None and not v > 0:
+            raise ConfigError(f.name, f"{v!r} must be positive")
+    if isinstance(obj, TrainSpec) and obj.lr is not None and obj.lr >= 1:
+        raise ConfigError("lr", f"{obj.lr!r} is outside (0, 1)")
+
+
+def _nonempty_unique(spec: SweepSpec, names: tuple[str, ...]) -> None:
+    for name in names:
+        values = getattr(spec, name)
+        if not values:
+            raise ConfigError(name, "must not be empty")
+        seen = set()
+        for i, v in enumerate(values):
+            if v in seen:
+                raise ConfigError(f"{name}[{i}]", f"{v!r} is listed twice")
+            seen.add(v)
+
+
+def _check_pairs(spec: SweepSpec) -> None:
+    if isinstance(spec.pairs, str):
+        if spec.pairs not in PAIR_RULES:
+            raise ConfigError("pairs", f"{spec.pairs!r} is not allowed; allowed: {', '.join(PAIR_RULES)} "
+                                       "or a list of [weak, strong] pairs")
+        if not spec.pair_list():
+            raise ConfigError("pairs", f"{spec.pairs!r} gives no pair with {len(spec.models)} model(s)")
+        return
+    if not spec.pairs:
+        raise ConfigError("pairs", "must not be empty")
+    for i, pair in enumerate(spec.pairs):
+        if len(pair) != 2:
+            raise ConfigError(f"pairs[{i}]", f"expected [weak, strong], got {pair!r}")
+        for j, m in enumerate(pair):
+            if m not in spec.models:
+                raise ConfigError(f"pairs[{i}][{j}]", f"{m!r} is not in models ({', '.join(spec.models)})")

@@ -1,0 +1,74 @@
+"""A sweep end to end: spec → plan → execution on Ray → results table → report.
+
+``w2s-ray run`` (one cell) and ``w2s-ray sweep`` (a grid) share this path;
+they differ only in how many cells the plan holds. Where things go:
+
+* the artifact store: ``resources.storage`` or ``<out>/store`` (shared by
+  every run and sweep using it, so a stage any of them built is reused);
+* Tune and Train run state: ``<storage>/ray``;
+* results: ``<out>/sweeps/<name>/`` (tidy table, aggregate, report).
+
+Re-running the same command resumes: committed stages are loaded, an
+interrupted training resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from w2s_ray.artifacts import ArtifactStore
+from w2s_ray.config import Resources
+from w2s_ray.plan import Plan
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a sweep's store, Ray state and results live."""
+
+    store_uri: str
+    ray_storage: str
+    results_dir: Path
+
+    @classmethod
+    def of(cls, out: Path, name: str, storage: str | None = None, results_dir: Path | None = None) -> "Layout":
+        if storage and "://" in storage:
+            store_uri, ray_storage = f"{storage.rstrip('/')}/store", f"{storage.rstrip('/')}/ray"
+        else:
+            root = Path(storage).expanduser().resolve() if storage else out.resolve()
+            store_uri, ray_storage = str(root / "store"), str(root / "ray")
+        return cls(store_uri, ray_storage, results_dir or out / "sweeps" / name)
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict[str, Any]]
+    paths: dict[str, Path]
+    stages_run: int
+    stages_loaded: int
+    seconds: float
+
+
+def run_plan(plan: Plan, layout: Layout, resources: Resources, run_info: dict[str, Any],
+             progress: Progress = print, report: bool = True) -> SweepResult:
+    """Execute ``plan`` (skipping committed stages), then write results and figures."""
+    from w2s_ray.execute import execute
+    from w2s_ray.results import aggregate, cell_row, write_results
+
+    store = ArtifactStore(layout.store_uri)
+    t0 = time.perf_counter()
+    done = execute(plan, store, resources, layout.ray_storage, progress=progress)
+    rows = [cell_row(store, cell) for cell in plan.cells]
+    seconds = time.perf_counter() - t0
+    info = {**run_info, "stages_run": len(done.ran), "stages_loaded": len(done.cached), "wall_seconds": seconds,
+            "store": store.uri}
+    paths = write_results(rows, layout.results_dir, info, aggregate(rows))
+    if report and len(rows) > 1:
+        from w2s_ray.report import write_report
+
+        paths.update(write_report(layout.results_dir))
+    return SweepResult(rows, paths, len(done.ran), len(done.cached), seconds)
