@@ -110,6 +110,19 @@ def train_trial(config: dict[str, Any], stages: dict[str, Stage], store_uri: str
     tune.report({"committed": 1, "cached": 0, "seconds": meta["seconds"]})
 
 
+def trial_resources(resources: Resources) -> dict[str, float]:
+    """What a trial's driver (the Tune function that runs a TorchTrainer) reserves.
+
+    With ``driver_resource`` set, drivers land only on nodes that offer that
+    custom resource (on-demand nodes in ``cluster/``), so losing a spot node
+    costs a Train worker (retried from its checkpoint), never a trial driver.
+    """
+    request = {"CPU": resources.trial_cpus}
+    if resources.driver_resource:
+        request[resources.driver_resource] = 0.01
+    return request
+
+
 def _run_train_layer(stages: list[Stage], store: ArtifactStore, resources: Resources, storage_path: str,
                      progress: Progress) -> None:
     from ray import tune
@@ -121,7 +134,7 @@ def _run_train_layer(stages: list[Stage], store: ArtifactStore, resources: Resou
                                      storage_path=storage_path, torch_threads=threads)
     digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:12]
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": resources.trial_cpus}),
+        tune.with_resources(trainable, trial_resources(resources)),
         param_space={"stage": tune.grid_search(list(by_key))},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
