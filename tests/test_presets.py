@@ -104,3 +104,19 @@ def test_known_hub_ids_resolve_to_their_presets():
 def test_unknown_names_still_raise_config_error():
     with pytest.raises(ConfigError, match=r"strong: unknown model 'pythia-13b'.*pythia-12b"):
         resolve_model("pythia-13b", "strong")
+
+
+def test_gpu_plan_widens_trials_for_models_that_do_not_fit_one_gpu():
+    from w2s_ray.config import Resources
+    from w2s_ray.train import gpu_plan
+
+    def params(name, minibatch=8, max_len=512):
+        return {"model": {"name": name}, "train": {"minibatch_size": minibatch, "max_len": max_len}}
+
+    cpu = gpu_plan(params("qwen2.5-14b"), Resources())
+    assert cpu == {"num_workers": 1, "parallel": "ddp", "gradient_checkpointing": False}
+    small = gpu_plan(params("gpt2"), Resources(use_gpu=True))
+    assert small["num_workers"] == 1 and small["parallel"] == "ddp"
+    big = gpu_plan(params("qwen2.5-14b"), Resources(use_gpu=True))
+    assert big["num_workers"] > 1 and big["parallel"] == "fsdp"
+    assert gpu_plan(params("gpt2"), Resources(use_gpu=True, num_workers=4))["num_workers"] == 4

@@ -125,3 +125,42 @@ def test_plan_counts_match_the_grid(n_models, rule, losses, alphas, seeds):
 def test_xent_cells_ignore_alpha_grid():
     spec = spec_from_dict(base(losses=["xent"], alpha_max=[0.25, 0.5, 0.75]))
     assert len(spec.experiments()) == len(spec.pair_list())
+
+
+@pytest.mark.parametrize("changes,path,words", [
+    ({"search": {"objectives": ["weak"]}}, "split.n_val", "needs validation rows"),
+    ({"search": {"objectives": ["gt"]}, "split": {"n_val": 5}}, "search.objectives[0]", "allowed: weak, oracle"),
+    ({"search": {"alpha_max": [0.2, 1.5]}, "split": {"n_val": 5}}, "search.alpha_max[1]", "outside"),
+    ({"search": {"alpha_max": [0.2]}, "split": {"n_val": 5}}, "search.alpha_max", "[low, high]"),
+    ({"search": {"num_samples": 0}, "split": {"n_val": 5}}, "search.num_samples", "positive"),
+    ({"search": {"lr": [0.1, 0.01]}, "split": {"n_val": 5}}, "search.lr", "low <= high"),
+])
+def test_invalid_search_specs(changes, path, words):
+    with pytest.raises(ConfigError) as e:
+        spec_from_dict(base(**changes))
+    assert e.value.path == path, str(e.value)
+    assert words in e.value.message
+
+
+def test_search_cells_share_weak_labels_and_add_validation_labels():
+    spec = spec_from_dict(base(models=LADDER[:2], losses=["xent"], split={"n_weak": 10, "n_strong": 10, "n_test": 10,
+                                                                          "n_val": 5},
+                               search={"objectives": ["weak", "oracle"], "num_samples": 3}))
+    plan = plan_experiments(spec.experiments())
+    counts = plan.role_counts()
+    assert len(plan.cells) == 3  # xent + one search per objective
+    assert counts["search"] == 2 and counts["val labels"] == 1 and counts["labels"] == 1 and counts["weak"] == 1
+    searches = [s for s in plan.stages.values() if s.kind == "search"]
+    assert {s.params["search"]["objective"] for s in searches} == {"weak", "oracle"}
+    assert all(s.inputs["labels"] == plan.cells[0].weak_labels for s in searches)
+
+
+def test_validation_split_is_disjoint_and_keeps_old_keys():
+    from w2s_ray.config import SplitConfig
+    from w2s_ray.data import load_rows, resolve_dataset, split_rows
+
+    df = load_rows(resolve_dataset("multiemo-sentences"))
+    parts = split_rows(df, SplitConfig(0, 30, 30, 30, n_val=20))
+    ids = [set(p["id"]) for p in parts.values()]
+    assert len(parts["val"]) >= 20 and sum(map(len, ids)) == len(set().union(*ids))
+    assert "n_val" not in SplitConfig(0, 30, 30, 30).effective()  # runs without validation keep their keys

@@ -7,9 +7,12 @@ is found again and reloaded (never re-run, never silently half-loaded).
 
 Commit protocol: files are staged and checksummed, and ``manifest.json`` is
 the commit record. On a local filesystem the staged directory is renamed into
-place (atomic); on object stores the manifest is written last, so a reader
-that finds a manifest finds every file it lists. A manifest whose files are
-missing or fail their checksum is treated as absent and reported.
+place (atomic); on object stores the manifest is written last (and deleted
+first when a broken artifact is replaced), so a reader that finds a manifest
+finds every file it lists. A manifest whose files are missing, truncated or
+fail their sha256 is treated as absent and reported; on remote stores the
+checksums are streamed once per store object and manifest, and a download to
+the local cache is checked against them as it is written.
 """
 
 from __future__ import annotations
@@ -55,11 +58,29 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_rel(rel: str) -> str:
+    """A file name inside an artifact (from a manifest or a caller): relative, no ``..``."""
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
+        raise ValueError(f"invalid artifact file name {rel!r}")
+    return rel
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def _stream_sha256(fs: pafs.FileSystem, path: str, sink: Any = None) -> str:
+    """sha256 of a file on any pyarrow filesystem, read in 1 MiB chunks (copied to ``sink`` if given)."""
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            if sink is not None:
+                sink.write(chunk)
     return h.hexdigest()
 
 
@@ -83,7 +104,12 @@ class Manifest:
         return cls(key=d["key"], files=d["files"], meta=d.get("meta", {}), created=d["created"])
 
 
-def _resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+def _resolve_fs(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+    if filesystem is not None:  # the URI's path is a path inside the given filesystem
+        path = uri.split("://", 1)[1].split("?", 1)[0] if "://" in uri else uri
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            return filesystem, str(Path(path).expanduser().resolve())
+        return filesystem, path.rstrip("/") or "/"
     if "://" in uri:
         fs, root = pafs.FileSystem.from_uri(uri)
         return fs, root.rstrip("/")
@@ -91,69 +117,138 @@ def _resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 class ArtifactStore:
-    """Keyed, verified, atomically committed stage outputs."""
+    """Keyed, verified, atomically committed stage outputs.
 
-    def __init__(self, uri: str):
+    ``uri`` is a local path, ``file://`` URI or any URI ``pyarrow.fs`` knows
+    (``s3://bucket/prefix``, ``gs://…``, ``hdfs://host:port/path``). Pass
+    ``filesystem`` to use an already-built ``pyarrow.fs.FileSystem`` (for
+    instance an fsspec one through ``PyFileSystem(FSSpecHandler(...))``);
+    ``uri`` is then the root path inside it. Such a store cannot be re-opened
+    from ``store.uri`` alone, so it is for use in one process (Ray workers
+    re-open stores by URI).
+    """
+
+    def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None):
         # Ray workers run in other directories: a relative local path must not travel as such
-        self.uri = uri if "://" in uri else str(Path(uri).expanduser().resolve())
-        self.fs, self.root = _resolve_fs(uri)
+        local_path = "://" not in uri and (filesystem is None or isinstance(filesystem, pafs.LocalFileSystem))
+        self.uri = str(Path(uri).expanduser().resolve()) if local_path else uri
+        self.fs, self.root = _resolve_fs(uri, filesystem)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self._verified: set[str] = set()  # remote manifests whose checksums this object has streamed
 
     # -- addressing -------------------------------------------------------
     def path(self, key: str, *parts: str) -> str:
-        return "/".join([self.root, "objects", check_key(key), *parts])
+        return "/".join([self.root, "objects", check_key(key), *(check_rel(p) for p in parts)])
 
     def data_uri(self, key: str, *parts: str) -> str:
-        """A path Ray Data and pyarrow can read on every node (URI if remote)."""
+        """A path Ray Data and pyarrow can read on every node (URI if remote).
+
+        The store URI's authority and query (``hdfs://host:port``,
+        ``s3://b/p?endpoint_override=…``) are kept.
+        """
         p = self.path(key, *parts)
-        if self.is_local:
+        if self.is_local or "://" not in self.uri:
             return p
-        scheme = self.uri.split("://", 1)[0]
-        return f"{scheme}://{p}"
+        base, _, query = self.uri.partition("?")
+        return f"{base.rstrip('/')}{p[len(self.root):]}" + (f"?{query}" if query else "")
 
     # -- reading ----------------------------------------------------------
     def manifest(self, key: str, verify: bool = True) -> Manifest | None:
-        """The committed manifest, or None if absent or (with verify) damaged."""
-        try:
-            with self.fs.open_input_stream(self.path(key, MANIFEST)) as f:
-                m = Manifest.from_json(f.read().decode())
-        except (FileNotFoundError, OSError):
+        """The committed manifest, or None if absent or (with verify) damaged.
+
+        An invalid key raises ValueError (it is never looked up).
+        """
+        loaded = self._load_manifest(key)
+        if loaded is None:
             return None
-        except (ValueError, KeyError):
-            log.warning("artifact %s: unreadable manifest; it will be recomputed", key)
-            return None
-        if verify and not self._verify(key, m):
+        m, text = loaded
+        if verify and not self._verify(key, m, text):
             return None
         return m
+
+    def _load_manifest(self, key: str) -> tuple[Manifest, str] | None:
+        """The manifest and its exact text, or None if absent or unreadable (not verified)."""
+        path = self.path(key, MANIFEST)
+        try:
+            with self.fs.open_input_stream(path) as f:
+                text = f.read().decode()
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            m = Manifest.from_json(text)
+            if m.key != key or not isinstance(m.files, dict):
+                raise ValueError("manifest of another artifact")
+            for rel, info in m.files.items():
+                check_rel(rel)
+                info["size"], info["sha256"]  # noqa: B018  (both are required)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("artifact %s: unreadable manifest; it will be recomputed", key)
+            return None
+        return m, text
 
     def exists(self, key: str) -> bool:
         return self.manifest(key) is not None
 
-    def _verify(self, key: str, m: Manifest) -> bool:
+    def _verify(self, key: str, m: Manifest, text: str) -> bool:
+        """Sizes, then sha256: read locally every time; streamed once per manifest on remote stores."""
+        memo = hashlib.sha256(text.encode()).hexdigest()
+        if not self.is_local and memo in self._verified:
+            return True
         for rel, info in m.files.items():
-            p = self.path(key, rel)
             try:
-                size = self.fs.get_file_info(p).size
+                size = self.fs.get_file_info(self.path(key, rel)).size
             except OSError:
                 size = None
             if size != info["size"]:
                 log.warning("artifact %s: %s is missing or truncated; it will be recomputed", key, rel)
                 return False
-            if self.is_local and file_sha256(Path(p)) != info["sha256"]:
+        for rel, info in m.files.items():  # sizes first: a missing file is found without reading the rest
+            p = self.path(key, rel)
+            try:
+                digest = file_sha256(Path(p)) if self.is_local else _stream_sha256(self.fs, p)
+            except OSError:
+                digest = None
+            if digest != info["sha256"]:
                 log.warning("artifact %s: %s fails its checksum; it will be recomputed", key, rel)
                 return False
+        if not self.is_local:
+            self._verified.add(memo)
         return True
 
     def local_dir(self, key: str) -> Path:
-        """A local directory holding the artifact (downloaded once if remote)."""
+        """A local directory holding the artifact (downloaded once per manifest if remote).
+
+        The cache is keyed by store and manifest, so two stores (or a recommit)
+        never share a copy, and every downloaded file is checked against the
+        manifest's sha256 as it is written. Raises FileNotFoundError when the
+        artifact is not committed, OSError when it changed during the download.
+        """
         if self.is_local:
             return Path(self.path(key))
-        cache = Path(tempfile.gettempdir()) / "w2s-ray-cache" / key
-        if not (cache / MANIFEST).exists():
-            tmp = cache.with_name(f"{key}.{uuid.uuid4().hex}")
-            pafs.copy_files(self.path(key), str(tmp), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
-            os.replace(tmp, cache) if not cache.exists() else shutil.rmtree(tmp)
+        loaded = self._load_manifest(key)
+        if loaded is None:
+            raise FileNotFoundError(f"artifact {key} is not committed in {self.uri}")
+        m, text = loaded
+        tag = hashlib.sha256(f"{self.uri}\0{text}".encode()).hexdigest()[:16]
+        cache = Path(tempfile.gettempdir()) / "w2s-ray-cache" / f"{key}-{tag}"
+        if (cache / MANIFEST).exists():
+            return cache
+        tmp = cache.with_name(f"{cache.name}.{uuid.uuid4().hex}.part")
+        try:
+            for rel, info in m.files.items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp / rel, "wb") as out:
+                    digest = _stream_sha256(self.fs, self.path(key, rel), sink=out)
+                if digest != info["sha256"]:
+                    raise OSError(f"artifact {key}: {rel} does not match its manifest (changed during download?)")
+            (tmp / MANIFEST).write_text(text)
+            try:
+                os.replace(tmp, cache)
+            except OSError:  # another process put the same copy in place first
+                if not (cache / MANIFEST).exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return cache
 
     def read_json(self, key: str, name: str) -> Any:
@@ -187,17 +282,30 @@ class ArtifactStore:
                  "seconds": manifest.meta.get("seconds")}
         base = f"{self.root}/ledger"
         self.fs.create_dir(base, recursive=True)
-        with self.fs.open_output_stream(f"{base}/{manifest.key}.{uuid.uuid4().hex[:12]}.json") as f:
-            f.write(json.dumps(entry).encode())
+        name = f"{base}/{manifest.key}.{uuid.uuid4().hex[:12]}.json"
+        if self.is_local:  # rename into place: a reader polling the ledger never sees half an entry
+            tmp = f"{base}/.{uuid.uuid4().hex}.tmp"
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(json.dumps(entry).encode())
+            self.fs.move(tmp, name)
+        else:  # one object, which object stores publish whole
+            with self.fs.open_output_stream(name) as f:
+                f.write(json.dumps(entry).encode())
 
     def ledger(self) -> list[dict[str, Any]]:
-        """Every commit ever made to this store, oldest first."""
+        """Every commit ever made to this store, oldest first (unreadable entries are skipped, with a warning)."""
         infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/ledger", allow_not_found=True))
         entries = []
         for info in infos:
             if info.is_file and info.path.endswith(".json"):
-                with self.fs.open_input_stream(info.path) as f:
-                    entries.append(json.loads(f.read().decode()))
+                try:
+                    with self.fs.open_input_stream(info.path) as f:
+                        entry = json.loads(f.read().decode())
+                    entry["key"], entry["created"]  # noqa: B018  (both are required)
+                except (OSError, ValueError, KeyError, TypeError):
+                    log.warning("artifact store %s: unreadable ledger entry %s skipped", self.uri, info.path)
+                    continue
+                entries.append(entry)
         return sorted(entries, key=lambda e: e["created"])
 
     def _commit_local(self, key: str, src: Path, manifest: Manifest) -> None:
@@ -220,6 +328,12 @@ class ArtifactStore:
 
     def _commit_remote(self, key: str, src: Path, manifest: Manifest) -> None:
         base = self.path(key)
+        if self.manifest(key) is not None:  # a concurrent writer won; same content: leave it for its readers
+            return
+        try:  # the commit record goes first, so no reader trusts a directory being replaced
+            self.fs.delete_file(f"{base}/{MANIFEST}")
+        except (FileNotFoundError, OSError):
+            pass
         self.fs.delete_dir_contents(base, missing_dir_ok=True)
         for rel in manifest.files:
             self.fs.create_dir(f"{base}/{rel}".rsplit("/", 1)[0], recursive=True)

@@ -72,12 +72,22 @@ class SplitConfig:
     n_weak: int = 1000  # half A: weak model's GT training rows
     n_strong: int = 1000  # half B: weak labels, student and ceiling training rows
     n_test: int = 2000
+    n_val: int = 0  # held out of the B side for model selection (alpha search); 0: none
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("seed", f"{self.seed!r} must be a non-negative integer")
         for name in ("n_weak", "n_strong", "n_test"):
             _check_positive(name, getattr(self, name))
+        if isinstance(self.n_val, bool) or not isinstance(self.n_val, int) or self.n_val < 0:
+            raise ConfigError("n_val", f"{self.n_val!r} must be a non-negative integer")
+
+    def effective(self) -> dict[str, Any]:
+        """Key material: ``n_val`` only when used, so runs without validation keep their keys."""
+        d = dataclasses.asdict(self)
+        if not self.n_val:
+            del d["n_val"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,44 @@ class Resources:
             raise ConfigError("resources", "trial_cpus and worker_cpus must be > 0")
 
 
+OBJECTIVES = ("weak", "oracle")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """An alpha search for one cell: TPE over logconf's knobs, ASHA on per-epoch validation.
+
+    ``objective`` picks what selection sees on the validation split:
+    ``weak`` = accuracy against the weak labels (no ground truth anywhere);
+    ``oracle`` = GT validation accuracy, as the paper tuned (flagged in every output).
+    The GT test set is never used by either.
+    """
+
+    objective: str = "weak"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    alpha_max: tuple[float, float] = (0.0, 1.0)
+    warmup_frac: tuple[float, float] = (0.05, 0.5)
+    lr: tuple[float, float] | None = None  # log-uniform range; None: the model's default
+    grace_period: int = 1  # epochs before ASHA may stop a trial
+    reduction_factor: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError("objective", f"unknown objective {self.objective!r}; allowed: {', '.join(OBJECTIVES)}")
+        for name in ("num_samples", "max_concurrent", "grace_period"):
+            _check_positive(name, getattr(self, name))
+        if self.reduction_factor < 2:
+            raise ConfigError("reduction_factor", f"{self.reduction_factor} must be >= 2")
+        for name in ("alpha_max", "warmup_frac"):
+            lo, hi = getattr(self, name)
+            _check_range(f"{name}[0]", lo, 0.0, 1.0)
+            _check_range(f"{name}[1]", hi, lo, 1.0)
+        if self.lr is not None and not (0 < self.lr[0] <= self.lr[1] < 1):
+            raise ConfigError("lr", f"{list(self.lr)} must satisfy 0 < low <= high < 1")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One cell: a (weak, strong) pair on a dataset with a loss and a seed."""
@@ -159,6 +207,7 @@ class ExperimentConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainOverrides = field(default_factory=TrainOverrides)
     model_train: tuple[tuple[str, TrainOverrides], ...] = ()  # per-model overrides, on top of ``train``
+    search: SearchConfig | None = None  # set: the student's logconf knobs are searched, not fixed
 
     def overrides_for(self, model: str) -> TrainOverrides:
         """``train`` with the model's own overrides on top (None never overrides)."""

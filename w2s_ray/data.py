@@ -48,7 +48,7 @@ from w2s_ray.hub_datasets import (
     unit_hash,
 )
 
-SPLITS = ("A", "B", "test")
+SPLITS = ("A", "B", "test", "val")
 FILE_SUFFIXES = (".parquet", ".csv", ".jsonl")
 HF_LOCAL_ENV = "W2S_RAY_HF_LOCAL_DIR"
 HF_LOCAL_SUFFIXES = (".parquet", ".jsonl")
@@ -366,11 +366,16 @@ def balance_labels(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_rows(df: pd.DataFrame, split: SplitConfig, dataset: str = "dataset") -> dict[str, pd.DataFrame]:
-    """Disjoint, group-aware A / B / test splits (see the module docstring)."""
-    need = split.n_test + split.n_weak + split.n_strong
+    """Disjoint, group-aware A / B / test (and, with ``n_val``, val) splits.
+
+    ``val`` is carved from the B side of the data: held out from the
+    student's training rows, weak-labelled like them, and used only for model
+    selection (never the test set).
+    """
+    need = split.n_test + split.n_weak + split.n_strong + split.n_val
     if need > len(df):
         raise ConfigError(
-            "split", f"{dataset} has {len(df)} rows; n_test + n_weak + n_strong = {need} do not fit"
+            "split", f"{dataset} has {len(df)} rows; n_test + n_weak + n_strong + n_val = {need} do not fit"
         )
     groups = df.groupby("group", sort=False).size()
     test_order = sorted(groups.index, key=lambda g: unit_hash("test", g))
@@ -378,8 +383,11 @@ def split_rows(df: pd.DataFrame, split: SplitConfig, dataset: str = "dataset") -
     rest = [g for g in sorted(groups.index, key=lambda g: unit_hash(f"seed{split.seed}", g)) if g not in test_groups]
     a_groups = _take(rest, groups, split.n_weak)
     b_groups = _take([g for g in rest if g not in a_groups], groups, split.n_strong)
+    chosen_sets = [a_groups, b_groups, test_groups]
+    if split.n_val:
+        chosen_sets.append(_take([g for g in rest if g not in a_groups | b_groups], groups, split.n_val))
     out = {}
-    for name, chosen in zip(SPLITS, (a_groups, b_groups, test_groups)):
+    for name, chosen in zip(SPLITS, chosen_sets):
         part = df[df["group"].isin(chosen)]
         out[name] = part.sort_values("id", kind="mergesort").reset_index(drop=True)
     return out

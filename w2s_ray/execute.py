@@ -145,7 +145,7 @@ def _run_train_layer(stages: list[Stage], store: ArtifactStore, resources: Resou
             verbose=0,
         ),
     )
-    with _quiet_tune_logs():
+    with quiet_tune_logs():
         grid = tuner.fit()
     failed = [f"{by_key[r.config['stage']].name}: {_root_cause(r.error)} (trial log: {r.path})"
               for r in grid if r.error is not None]
@@ -155,7 +155,7 @@ def _run_train_layer(stages: list[Stage], store: ArtifactStore, resources: Resou
 
 
 @contextlib.contextmanager
-def _quiet_tune_logs():
+def quiet_tune_logs():
     """Tune logs each failed attempt with a full traceback; we report the root cause once instead."""
     loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.train")]
     levels = [lg.level for lg in loggers]
@@ -212,6 +212,18 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
                 done += 1
                 report.ran[s.key] = store.manifest(s.key, verify=False).meta["seconds"]
             progress(f"    layer done in {time.perf_counter() - t0:.1f}s")
+        for s in [s for s in todo if s.kind == "search"]:
+            from w2s_ray.search import run_search_stage
+
+            progress(f"[{done + 1}/{total}] {s.name}: {s.params['search']['num_samples']} trial(s), "
+                     f"up to {s.params['search']['max_concurrent']} at a time")
+            meta = run_search_stage(s, store, resources, storage_path, progress)
+            done += 1
+            report.ran[s.key] = meta["seconds"]
+            b = meta["best"]
+            progress(f"    selected a={b['alpha_max']:g} w={b['warmup_frac']:g} (validation objective "
+                     f"{meta['objective']}: {b['objective']:.4f}); {meta['finished']}/{meta['trials']} trials "
+                     f"finished ({meta['seconds']:.1f}s)")
         for s in [s for s in todo if s.kind == "infer"]:
             from w2s_ray.label import run_infer_stage
 

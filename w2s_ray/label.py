@@ -64,7 +64,7 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
 
     split = stage.params["split"]
     source = store.data_uri(stage.inputs["data"], f"{split}.parquet")
-    keep_text = split == "B"
+    keep_text = split in ("B", "val")  # weak labels are training / selection rows
     t0 = time.perf_counter()
     ds = ray.data.read_parquet(source).select_columns(["id", "text"])
     out = ds.map_batches(

@@ -270,14 +270,21 @@ def load_pretrained(spec: ModelSpec) -> tuple[Classifier, Any]:
     return Classifier(backbone, infer_pooling(config)), tokenizer
 
 
-def save_classifier(model: Classifier, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
-    """A self-contained directory: backbone/ (HF format), head.safetensors, classifier.json."""
+def save_classifier(model: Classifier, tokenizer: Any, out: Path, info: dict[str, Any],
+                    state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """A self-contained directory: backbone/ (HF format), head.safetensors, classifier.json.
+
+    ``state_dict`` carries the full weights when the module itself is sharded (FSDP).
+    """
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    model.backbone.save_pretrained(out / "backbone", safe_serialization=True)
+    backbone_state = None if state_dict is None else {
+        k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+    model.backbone.save_pretrained(out / "backbone", safe_serialization=True, state_dict=backbone_state)
     tokenizer.save_pretrained(out / "backbone")
-    save_file({"weight": model.head.weight.detach().contiguous()}, str(out / "head.safetensors"))
+    head = model.head.weight if state_dict is None else state_dict["head.weight"]
+    save_file({"weight": head.detach().float().contiguous()}, str(out / "head.safetensors"))
     (out / "classifier.json").write_text(json.dumps({"pooling": model.pooling, **info}, indent=1))
 
 

@@ -18,7 +18,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from w2s_ray.artifacts import stage_key
-from w2s_ray.config import ExperimentConfig, LossConfig, SplitConfig, TrainConfig, TrainOverrides
+from w2s_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    LossConfig,
+    SearchConfig,
+    SplitConfig,
+    TrainConfig,
+    TrainOverrides,
+)
 from w2s_ray.data import DatasetSpec, fingerprint, resolve_dataset
 from w2s_ray.models import ModelSpec, resolve_model
 
@@ -45,7 +53,7 @@ def _stage(kind: str, name: str, params: dict[str, Any], inputs: dict[str, str],
 
 
 def data_stage(ds: DatasetSpec, split: SplitConfig) -> Stage:
-    params = {"dataset": ds.name, "source": ds.source, "version": fingerprint(ds), "split": asdict(split)}
+    params = {"dataset": ds.name, "source": ds.source, "version": fingerprint(ds), "split": split.effective()}
     return _stage("data", f"data {ds.name} seed {split.seed}", params, {}, "data")
 
 
@@ -79,11 +87,41 @@ def train_stage(
     return _stage("train", f"{role} {model.name} on {split} ({source}, {loss.label})", params, inputs, role)
 
 
-def infer_stage(role: str, model: Stage, data: Stage, split: str) -> Stage:
+INFER_ROLES = {"B": ("weak labels", "labels"), "val": ("validation weak labels", "val labels")}
+
+
+def infer_stage(role: str, model: Stage, data: Stage | str, split: str) -> Stage:
     params = {"split": split, "max_len": model.params["train"]["max_len"]}
-    what = "weak labels" if split == "B" else f"predict {split}"
+    what, stage_role = INFER_ROLES.get(split, (f"predict {split}", f"{role} predictions"))
+    data_key = data if isinstance(data, str) else data.key
     return _stage("infer", f"{what} of {role} {model.params['model']['name']}", params,
-                  {"model": model.key, "data": data.key}, "labels" if split == "B" else f"{role} predictions")
+                  {"model": model.key, "data": data_key}, stage_role)
+
+
+SELECT_COLUMN = {"weak": "p1", "oracle": "label"}
+
+
+def search_stage(model: ModelSpec, train: TrainConfig, search: SearchConfig, data: Stage, labels: Stage,
+                 val_labels: Stage, teacher: str) -> Stage:
+    """An alpha search for one (weak, strong) cell: many logconf students, one selected on validation."""
+    params = {"model": model.effective(), "train": asdict(train), "loss": {"name": "logconf"}, "split": "B",
+              "targets": "weak", "search": asdict(search)}
+    inputs = {"data": data.key, "labels": labels.key, "val_labels": val_labels.key}
+    return _stage("search", f"alpha search {model.name} on labels of {teacher} (objective {search.objective})",
+                  params, inputs, "search")
+
+
+def search_trial_stage(search: Stage, alpha_max: float, warmup_frac: float, lr: float | None) -> Stage:
+    """One trial of a search as an ordinary train stage: its own key, so a finished trial is never retrained."""
+    p = search.params
+    train = dict(p["train"], **({"lr": round(lr, 8)} if lr is not None else {}))
+    loss = LossConfig("logconf", round(alpha_max, 4), round(warmup_frac, 4))
+    objective = p["search"]["objective"]
+    params = {"model": p["model"], "train": train, "loss": loss.effective(), "split": "B", "targets": "weak",
+              "select": {"objective": objective, "column": SELECT_COLUMN[objective]}}
+    name = (f"trial {p['model']['name']} a={loss.alpha_max:g} w={loss.warmup_frac:g}"
+            + (f" lr={train['lr']:.2g}" if lr is not None else "") + f" ({objective})")
+    return _stage("train", name, params, dict(search.inputs), "search trial")
 
 
 @dataclass(frozen=True)
@@ -148,12 +186,21 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     weak = plan.add(train_stage("weak", weak_model, weak_train, GT_LOSS, data, "A"))
     labels = plan.add(infer_stage("weak", weak, data, "B"))
     ceiling = plan.add(train_stage("ceiling", strong_model, strong_train, GT_LOSS, data, "B"))
-    student = plan.add(train_stage("student", strong_model, strong_train, cfg.loss, data, "B", labels,
-                                   weak_model.name))
-    tests = [plan.add(infer_stage(role, s, data, "test"))
-             for role, s in (("weak", weak), ("ceiling", ceiling), ("student", student))]
+    if cfg.search is not None:
+        if not cfg.split.n_val:
+            raise ConfigError("split.n_val", "an alpha search needs a validation split (n_val > 0)")
+        val_labels = plan.add(infer_stage("weak", weak, data, "val"))
+        student = plan.add(search_stage(strong_model, strong_train, cfg.search, data, labels, val_labels,
+                                        weak_model.name))
+    else:
+        student = plan.add(train_stage("student", strong_model, strong_train, cfg.loss, data, "B", labels,
+                                       weak_model.name))
+    tests = [plan.add(infer_stage(role, s, data, "test")) for role, s in (("weak", weak), ("ceiling", ceiling))]
+    # a search's selected student is only known once it ran: its test predictions are part of its artifact
+    student_test = student.key if cfg.search is not None else plan.add(infer_stage("student", student, data,
+                                                                                   "test")).key
     plan.cells.append(Cell(cfg, data.key, weak.key, labels.key, tests[0].key, ceiling.key, tests[1].key,
-                           student.key, tests[2].key))
+                           student.key, student_test))
     return plan
 
 

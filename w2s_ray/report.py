@@ -23,6 +23,9 @@ FIGURES = ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png")
 
 
 def loss_label(row: dict[str, Any] | pd.Series) -> str:
+    method = row.get("method", "fixed")
+    if isinstance(method, str) and method.startswith("search"):
+        return f"logconf, alpha searched ({method.split(':')[1]} objective)"
     if row["loss"] == "logconf":
         return f"logconf a={row['alpha_max']:g} w={row['warmup_frac']:g}"
     return str(row["loss"])
@@ -95,10 +98,12 @@ def plot_pgr_heatmap(agg: pd.DataFrame, out: Path) -> Path:
         im = ax.imshow(grid.to_numpy(dtype=float), cmap="RdYlGn", vmin=-0.5, vmax=1.0)
         ax.set_xticks(range(len(strongs)), strongs, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(weaks)), weaks, fontsize=8)
+        ran = set(zip(g["weak"], g["strong"]))
         for i, w in enumerate(weaks):
             for j, s in enumerate(strongs):
                 v = grid.loc[w, s]
-                ax.text(j, i, "n/a" if pd.isna(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+                text = "" if (w, s) not in ran else "n/a" if pd.isna(v) else f"{v:.2f}"  # n/a: degenerate gap
+                ax.text(j, i, text, ha="center", va="center", fontsize=8)
         ax.set_xlabel("strong")
         ax.set_ylabel("weak")
         ax.set_title(f"PGR: {dataset}\n{loss}", fontsize=10)
@@ -131,6 +136,36 @@ def plot_pgr_by_loss(agg: pd.DataFrame, out: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / FIGURES[2]
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pgr_vs_alpha(trials: pd.DataFrame, cells: pd.DataFrame, out: Path) -> Path:
+    """Per pair: every search trial's test PGR against its alpha_max, the selected ones starred,
+    and the fixed-loss students of the same pair as horizontal lines."""
+    plt = _pyplot()
+    pairs = list(dict.fromkeys(zip(trials["dataset"], trials["weak"], trials["strong"])))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
+    for ax, (dataset, weak, strong) in zip(axes[0], pairs):
+        t = trials[(trials["dataset"] == dataset) & (trials["weak"] == weak) & (trials["strong"] == strong)]
+        for method, g in t.groupby("method"):
+            pts = ax.scatter(g["alpha_max"], g["pgr"], alpha=0.7, label=f"trials, {method}")
+            sel = g[g["selected"]]
+            ax.scatter(sel["alpha_max"], sel["pgr"], marker="*", s=250, color=pts.get_facecolor()[0],
+                       edgecolor="k", label=f"selected, {method}")
+        fixed = cells[(cells["dataset"] == dataset) & (cells["weak"] == weak) & (cells["strong"] == strong)
+                      & (cells["method"] == "fixed")]
+        for r in fixed.groupby(fixed.apply(loss_label, axis=1))["pgr"].mean().items():
+            ax.axhline(r[1], ls="--", lw=1, color="gray")
+            ax.text(0.01, r[1], f" {r[0]}", fontsize=7, va="bottom")
+        ax.set_xlabel("alpha_max")
+        ax.set_ylabel("test PGR (measured after selection)")
+        ax.set_title(f"{dataset}: {weak} → {strong}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "pgr_vs_alpha.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -181,7 +216,14 @@ def write_report(results_dir: Path) -> dict[str, Path]:
         "pgr_heatmap": plot_pgr_heatmap(agg, results_dir),
         "pgr_by_loss": plot_pgr_by_loss(agg, results_dir),
     }
+    text = summary_markdown(cells, agg)
+    trials_path = results_dir / "trials.parquet"
+    if trials_path.is_file():
+        paths["pgr_vs_alpha"] = plot_pgr_vs_alpha(pd.read_parquet(trials_path), cells, results_dir)
+        text += ("\n## Alpha search: PGR against alpha_max\n\nEvery trial's test PGR, measured after the search "
+                 "(selection used validation only; `oracle` selection used GT validation labels).\n\n"
+                 "![PGR against alpha_max](pgr_vs_alpha.png)\n")
     md = results_dir / "report.md"
-    md.write_text(summary_markdown(cells, agg))
+    md.write_text(text)
     paths["report"] = md
     return paths

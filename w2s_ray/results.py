@@ -29,12 +29,35 @@ def _test_frame(store: ArtifactStore, cell: Cell) -> pd.DataFrame:
 
     test = pq.read_table(store.path(cell.data, "test.parquet"), filesystem=store.fs, columns=["id", "label"])
     frame = test.to_pandas()
-    for role, key in (("weak", cell.weak_test), ("student", cell.student_test), ("ceiling", cell.ceiling_test)):
+    for role, key in (("weak", cell.weak_test), ("student", student_test_key(store, cell)),
+                      ("ceiling", cell.ceiling_test)):
         preds = read_predictions(store, key)[["id", "p1"]].rename(columns={"p1": f"p_{role}"})
         frame = frame.merge(preds, on="id", how="left", validate="one_to_one")
     if frame.isna().any().any():
         raise ValueError(f"predictions do not cover the test set of {cell.data}")
     return frame
+
+
+def student_test_key(store: ArtifactStore, cell: Cell) -> str:
+    """The student's test predictions; for a search, those of the trial it selected."""
+    if cell.config.search is None:
+        return cell.student_test
+    return store.manifest(cell.student, verify=False).meta["best"]["test_key"]
+
+
+def _method_fields(store: ArtifactStore, cell: Cell) -> dict[str, Any]:
+    """How the student's loss knobs were chosen: fixed in the spec, or searched (and on what)."""
+    cfg = cell.config
+    if cfg.search is None:
+        return {"method": "fixed", "selection": None,
+                "alpha_max": cfg.loss.alpha_max if cfg.loss.name == "logconf" else None,
+                "warmup_frac": cfg.loss.warmup_frac if cfg.loss.name == "logconf" else None}
+    best = store.manifest(cell.student, verify=False).meta["best"]
+    return {"method": f"search:{cfg.search.objective}",
+            "selection": "ORACLE (GT validation labels)" if cfg.search.objective == "oracle" else "weak labels only",
+            "alpha_max": None, "warmup_frac": None,
+            "best_alpha_max": best["alpha_max"], "best_warmup_frac": best["warmup_frac"], "best_lr": best["lr"],
+            "best_val_objective": best["objective"]}
 
 
 def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, Any]:
@@ -43,10 +66,9 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
     y = frame["label"].to_numpy()
     cfg = cell.config
     row: dict[str, Any] = {
-        "dataset": cfg.dataset, "weak": cfg.weak, "strong": cfg.strong, "loss": cfg.loss.name,
-        "alpha_max": cfg.loss.alpha_max if cfg.loss.name == "logconf" else None,
-        "warmup_frac": cfg.loss.warmup_frac if cfg.loss.name == "logconf" else None,
-        "seed": cfg.split.seed, "n_test": len(y),
+        "dataset": cfg.dataset, "weak": cfg.weak, "strong": cfg.strong,
+        "loss": "logconf" if cfg.search is not None else cfg.loss.name,
+        **_method_fields(store, cell), "seed": cfg.split.seed, "n_test": len(y),
     }
     for role in ROLES:
         p = frame[f"p_{role}"].to_numpy()
@@ -70,7 +92,7 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
     return row
 
 
-GROUP = ["dataset", "weak", "strong", "loss", "alpha_max", "warmup_frac"]
+GROUP = ["dataset", "weak", "strong", "loss", "method", "alpha_max", "warmup_frac"]
 
 
 def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -101,17 +123,44 @@ def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> 
     return pd.DataFrame(out)
 
 
+def trial_rows(store: ArtifactStore, cell: Cell, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A search cell's trials with their test accuracy and PGR, measured after the search (report only)."""
+    from w2s_ray.search import read_trials
+
+    if cell.config.search is None:
+        return []
+    import pyarrow.parquet as pq
+
+    test = pq.read_table(store.path(cell.data, "test.parquet"), filesystem=store.fs, columns=["id", "label"])
+    test = test.to_pandas()
+    best_key = store.manifest(cell.student, verify=False).meta["best"]["trial_key"]
+    out = []
+    for t in read_trials(store, cell.student).to_dict("records"):
+        acc = None
+        if t["test_key"]:
+            preds = test.merge(read_predictions(store, t["test_key"])[["id", "p1"]], on="id", validate="one_to_one")
+            acc = metrics.accuracy(preds["label"].to_numpy(), preds["p1"].to_numpy())
+        value = metrics.pgr(row["weak_acc"], acc, row["ceiling_acc"]).value if acc is not None else None
+        out.append({"dataset": row["dataset"], "weak": row["weak"], "strong": row["strong"], "seed": row["seed"],
+                    "method": row["method"], **{k: t[k] for k in ("alpha_max", "warmup_frac", "lr", "objective",
+                                                                  "epochs_run", "stopped_early", "trial_key")},
+                    "selected": t["trial_key"] == best_key, "student_acc": acc, "pgr": value})
+    return out
+
+
 def _json_safe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
 
 
 def write_results(rows: list[dict[str, Any]], out: Path, run_info: dict[str, Any],
-                  agg: pd.DataFrame | None = None) -> dict[str, Path]:
-    """results.{parquet,csv}, aggregate.{parquet,csv} and results.json in ``out``, each written atomically."""
+                  agg: pd.DataFrame | None = None, trials: list[dict[str, Any]] | None = None) -> dict[str, Path]:
+    """results / aggregate / trials as parquet + CSV, and results.json, in ``out``; each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     frames = {"results": pd.DataFrame(rows)}
     if agg is not None:
         frames["aggregate"] = agg
+    if trials:
+        frames["trials"] = pd.DataFrame(trials)
     paths: dict[str, Path] = {}
     staged: list[tuple[Path, Path]] = []
     for name, frame in frames.items():
@@ -145,14 +194,21 @@ def read_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return cells, agg
 
 
+def short_loss(r: dict[str, Any]) -> str:
+    """xent, logconf(a=0.5), or search:weak(a=0.31) for a searched student."""
+    if str(r.get("method", "fixed")).startswith("search"):
+        return f"{r['method']}(a={r['best_alpha_max']:.2f})"
+    return f"logconf(a={r['alpha_max']:g})" if r["loss"] == "logconf" else r["loss"]
+
+
 def format_grid(frame: pd.DataFrame) -> str:
     """The terminal table of a sweep: one line per cell, numbers straight from the table."""
-    head = f"{'dataset':20}{'weak':14}{'strong':14}{'loss':18}{'seed':>5}{'weak':>8}{'student':>9}{'ceiling':>9}{'PGR':>8}"
+    head = f"{'dataset':20}{'weak':14}{'strong':14}{'loss':22}{'seed':>5}{'weak':>8}{'student':>9}{'ceiling':>9}{'PGR':>8}"
     lines = [head]
     for r in frame.to_dict("records"):
-        loss = f"logconf(a={r['alpha_max']:g})" if r["loss"] == "logconf" else r["loss"]
+        loss = short_loss(r)
         pgr = "n/a" if r["pgr"] is None or (isinstance(r["pgr"], float) and math.isnan(r["pgr"])) else f"{r['pgr']:.3f}"
-        lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{loss:18}{r['seed']:>5}"
+        lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{loss:22}{r['seed']:>5}"
                      f"{r['weak_acc']:>8.4f}{r['student_acc']:>9.4f}{r['ceiling_acc']:>9.4f}{pgr:>8}")
     return "\n".join(lines)
 

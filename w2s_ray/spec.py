@@ -27,6 +27,7 @@ from w2s_ray.config import (
     ExperimentConfig,
     LossConfig,
     Resources,
+    SearchConfig,
     SplitConfig,
     TrainOverrides,
 )
@@ -39,6 +40,29 @@ class SplitSpec:
     n_weak: int = 1000
     n_strong: int = 1000
     n_test: int = 2000
+    n_val: int = 0  # validation rows held out of the B side (needed by search)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Alpha search per (dataset, weak, strong, seed), once per objective (see config.SearchConfig)."""
+
+    objectives: list[Literal["weak", "oracle"]] = field(default_factory=lambda: ["weak"])
+    num_samples: int = 8
+    max_concurrent: int = 2
+    alpha_max: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [low, high]
+    warmup_frac: list[float] = field(default_factory=lambda: [0.05, 0.5])
+    lr: list[float] | None = None  # [low, high], log-uniform; None: the model's default
+    grace_period: int = 1
+    reduction_factor: int = 2
+    seed: int = 0
+
+    def configs(self) -> list[SearchConfig]:
+        return [SearchConfig(objective=o, num_samples=self.num_samples, max_concurrent=self.max_concurrent,
+                             alpha_max=tuple(self.alpha_max), warmup_frac=tuple(self.warmup_frac),
+                             lr=tuple(self.lr) if self.lr is not None else None, grace_period=self.grace_period,
+                             reduction_factor=self.reduction_factor, seed=self.seed)
+                for o in self.objectives]
 
 
 @dataclass(frozen=True)
@@ -95,6 +119,7 @@ class SweepSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     model_train: dict[str, TrainSpec] = field(default_factory=dict)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    search: SearchSpec | None = None
     description: str = ""
 
     def pair_list(self) -> list[tuple[str, str]]:
@@ -118,14 +143,17 @@ class SweepSpec:
     def experiments(self) -> list[ExperimentConfig]:
         """Every cell of the grid: dataset × seed × pair × loss variant."""
         model_train = tuple(sorted((m, t.overrides()) for m, t in self.model_train.items()))
+        variants: list[tuple[LossConfig, SearchConfig | None]] = [(loss, None) for loss in self.loss_configs()]
+        if self.search is not None:
+            variants += [(LossConfig("logconf"), search) for search in self.search.configs()]
         return [
             ExperimentConfig(
                 dataset=ds, weak=weak, strong=strong, loss=loss,
-                split=SplitConfig(seed, self.split.n_weak, self.split.n_strong, self.split.n_test),
-                train=self.train.overrides(), model_train=model_train,
+                split=SplitConfig(seed, self.split.n_weak, self.split.n_strong, self.split.n_test, self.split.n_val),
+                train=self.train.overrides(), model_train=model_train, search=search,
             )
-            for ds, seed, (weak, strong), loss in itertools.product(
-                self.datasets, self.seeds, self.pair_list(), self.loss_configs())
+            for ds, seed, (weak, strong), (loss, search) in itertools.product(
+                self.datasets, self.seeds, self.pair_list(), variants)
         ]
 
 
@@ -194,8 +222,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error, with its inner path
+            return _coerce(options[0], value, path)
         errors = []
-        for arg in (a for a in args if a is not type(None)):
+        for arg in options:
             try:
                 return _coerce(arg, value, path)
             except ConfigError as e:
@@ -250,8 +281,27 @@ def _check_semantics(spec: SweepSpec) -> None:
             (f"model_train.{m}", t) for m, t in spec.model_train.items()]:
         _prefixed(path, _check_positive_fields, obj)
     _prefixed("resources", ResourcesSpec.resources, spec.resources)
+    if spec.split.n_val < 0:
+        raise ConfigError("split.n_val", f"{spec.split.n_val} must be a non-negative integer")
+    if spec.search is not None:
+        _check_search(spec)
     if spec.resources.profile == "cluster" and not spec.resources.storage:
         raise ConfigError("resources.storage", "a cluster profile needs shared storage (NFS path, s3:// or gs://)")
+
+
+def _check_search(spec: SweepSpec) -> None:
+    search = spec.search
+    if not spec.split.n_val:
+        raise ConfigError("split.n_val", "a search needs validation rows held out of half B (n_val > 0)")
+    for name in ("alpha_max", "warmup_frac", "lr"):
+        value = getattr(search, name)
+        if value is not None and len(value) != 2:
+            raise ConfigError(f"search.{name}", f"expected [low, high], got {value!r}")
+    _nonempty_unique(search, ("objectives",), "search.")
+    try:
+        search.configs()
+    except ConfigError as e:
+        raise ConfigError(f"search.{e.path}", e.message) from None
 
 
 def _prefixed(path: str, fn: Any, *args: Any) -> Any:
@@ -267,21 +317,21 @@ def _prefixed(path: str, fn: Any, *args: Any) -> Any:
 def _check_positive_fields(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if v is not None and not v > 0:
+        if f.name != "n_val" and v is not None and not v > 0:  # n_val may be 0: no validation split
             raise ConfigError(f.name, f"{v!r} must be positive")
     if isinstance(obj, TrainSpec) and obj.lr is not None and obj.lr >= 1:
         raise ConfigError("lr", f"{obj.lr!r} is outside (0, 1)")
 
 
-def _nonempty_unique(spec: SweepSpec, names: tuple[str, ...]) -> None:
+def _nonempty_unique(spec: Any, names: tuple[str, ...], prefix: str = "") -> None:
     for name in names:
         values = getattr(spec, name)
         if not values:
-            raise ConfigError(name, "must not be empty")
+            raise ConfigError(prefix + name, "must not be empty")
         seen = set()
         for i, v in enumerate(values):
             if v in seen:
-                raise ConfigError(f"{name}[{i}]", f"{v!r} is listed twice")
+                raise ConfigError(f"{prefix}{name}[{i}]", f"{v!r} is listed twice")
             seen.add(v)
 
 

@@ -57,16 +57,17 @@ def run_plan(plan: Plan, layout: Layout, resources: Resources, run_info: dict[st
              progress: Progress = print, report: bool = True) -> SweepResult:
     """Execute ``plan`` (skipping committed stages), then write results and figures."""
     from w2s_ray.execute import execute
-    from w2s_ray.results import aggregate, cell_row, write_results
+    from w2s_ray.results import aggregate, cell_row, trial_rows, write_results
 
     store = ArtifactStore(layout.store_uri)
     t0 = time.perf_counter()
     done = execute(plan, store, resources, layout.ray_storage, progress=progress)
     rows = [cell_row(store, cell) for cell in plan.cells]
+    trials = [t for cell, row in zip(plan.cells, rows) for t in trial_rows(store, cell, row)]
     seconds = time.perf_counter() - t0
     info = {**run_info, "stages_run": len(done.ran), "stages_loaded": len(done.cached), "wall_seconds": seconds,
             "store": store.uri}
-    paths = write_results(rows, layout.results_dir, info, aggregate(rows))
+    paths = write_results(rows, layout.results_dir, info, aggregate(rows), trials)
     if report and len(rows) > 1:
         from w2s_ray.report import write_report
 

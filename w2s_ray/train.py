@@ -40,6 +40,9 @@ class LoopConfig:
     target_column: str
     n_rows: int
     torch_threads: int | None = None
+    select: dict[str, Any] | None = None  # {"objective": weak|oracle, "column": p1|label}: per-epoch validation
+    parallel: str = "ddp"  # ddp, or fsdp for models that do not fit one GPU (see presets.trial_resources)
+    gradient_checkpointing: bool = False
 
     @property
     def steps_per_epoch(self) -> int:
@@ -85,6 +88,65 @@ def optimizer_step(
     return total, alpha
 
 
+def validation_objective(model: torch.nn.Module, tokenizer: Any, shard: Any, column: str, max_len: int,
+                         device: torch.device) -> float:
+    """Accuracy on the validation shard against ``column``: weak labels (``p1``) or GT (``label``).
+
+    Which column the shard carries is the selection objective: with ``weak``
+    the validation rows reach the worker without any GT column at all.
+    Counts are summed over workers, so every rank reports the same value.
+    """
+    model.eval()
+    right = total = 0
+    with torch.inference_mode():
+        for batch in shard.iter_batches(batch_size=128, batch_format="numpy"):
+            logits = model(**encode(tokenizer, batch["text"], max_len, device))
+            pred = logits.argmax(-1).cpu().numpy()
+            right += int((pred == (np.asarray(batch[column]) > 0.5)).sum())
+            total += len(pred)
+    model.train()
+    counts = torch.tensor([right, total], dtype=torch.float64)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)
+    return float(counts[0] / counts[1].clamp_min(1))
+
+
+def precision(device: torch.device) -> Any:
+    """bf16 autocast on GPUs (the head computes in fp32: see Classifier); plain fp32 on CPU."""
+    import contextlib
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def gpu_plan(params: dict[str, Any], resources: Any) -> dict[str, Any]:
+    """Workers per trial and parallelism for a GPU run, from the model's memory estimate.
+
+    A preset (or a hub id whose size is in its name) that does not fit one GPU
+    gets FSDP over several; more workers than the profile asks for are never
+    dropped below ``resources.num_workers``.
+    """
+    from w2s_ray.models import resolve_model
+    from w2s_ray.presets import trial_resources
+
+    plan = {"num_workers": resources.num_workers, "parallel": "ddp", "gradient_checkpointing": False}
+    if not resources.use_gpu:
+        return plan
+    try:
+        spec = resolve_model(params["model"]["name"])
+    except Exception:  # a local path: no estimate, keep the profile
+        return plan
+    need = trial_resources(spec, minibatch_size=params["train"]["minibatch_size"], max_len=params["train"]["max_len"])
+    if not need["fits"] or need["strategy"] == "lora":
+        raise RuntimeError(f"{spec.name} does not fit the GPUs of one node with full fine-tuning "
+                           f"(estimate {need['full_ft_gb']} GB); LoRA is not supported yet")
+    plan["num_workers"] = max(resources.num_workers, need["num_workers"])
+    plan["parallel"] = "fsdp" if need["fsdp"] else "ddp"
+    plan["gradient_checkpointing"] = bool(need["gradient_checkpointing"])
+    return plan
+
+
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Cosine decay to 0 with no warmup, as in the reference recipe."""
     return torch.optim.lr_scheduler.LambdaLR(
@@ -96,10 +158,25 @@ def _unwrap(model: torch.nn.Module) -> Classifier:
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """FSDP: the gathered full weights on rank 0 (a collective: every rank must call it); else None."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(model, FSDP):
+        return None
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True,
+                                                                                         rank0_only=True)):
+        return model.state_dict()
+
+
 def _save_checkpoint(out: Path, model: torch.nn.Module, tokenizer: Any, optimizer: Any, scheduler: Any,
-                     epoch: int, history: list[dict[str, Any]], cfg: LoopConfig) -> None:
-    save_classifier(_unwrap(model), tokenizer, out / MODEL_DIR, {"model": cfg.model})
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                     epoch: int, history: list[dict[str, Any]], cfg: LoopConfig,
+                     full_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights, and the optimizer/schedule/epoch to resume from (FSDP: the optimizer restarts, being sharded)."""
+    save_classifier(_unwrap(model), tokenizer, out / MODEL_DIR, {"model": cfg.model}, state_dict=full_state)
+    optimizer_state = optimizer.state_dict() if full_state is None else None
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "epoch": epoch,
                 "rng": torch.get_rng_state()}, out / TRAIN_STATE)
     (out / "history.json").write_text(json.dumps(history, indent=1))
 
@@ -124,14 +201,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     else:
         model, tokenizer = load_pretrained(model_spec(cfg.model))
         state, history = None, []
-    model = ray.train.torch.prepare_model(model)
+    if cfg.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable()
+    model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel if ctx.get_world_size() > 1
+                                          else None)
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train["lr"], weight_decay=cfg.train["weight_decay"])
     total_steps = cfg.train["epochs"] * math.ceil(cfg.steps_per_epoch / max(ctx.get_world_size(), 1))
     scheduler = cosine_schedule(optimizer, total_steps)
     start_epoch = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
@@ -145,8 +226,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         for batch in batches:
             targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
-            loss, alpha = optimizer_step(model, tokenizer, batch["text"], targets, cfg,
-                                         scheduler.last_epoch / total_steps, optimizer, device)
+            with precision(device):
+                loss, alpha = optimizer_step(model, tokenizer, batch["text"], targets, cfg,
+                                             scheduler.last_epoch / total_steps, optimizer, device)
             scheduler.step()
             losses.append(loss)
             seen += len(targets)
@@ -154,10 +236,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"], "train_loss": float(np.mean(losses)),
                    "alpha": alpha, "step": scheduler.last_epoch, "samples": seen,
                    "samples_per_s": seen / seconds, "epoch_s": seconds}
+        if cfg.select:
+            metrics["objective"] = validation_objective(model, tokenizer, ray.train.get_dataset_shard("val"),
+                                                        cfg.select["column"], cfg.train["max_len"], device)
         history.append(metrics)
+        full_state = full_state_dict(model)
         with tempfile.TemporaryDirectory() as tmp:
             if ctx.get_world_rank() == 0:
-                _save_checkpoint(Path(tmp), model, tokenizer, optimizer, scheduler, epoch + 1, history, cfg)
+                _save_checkpoint(Path(tmp), model, tokenizer, optimizer, scheduler, epoch + 1, history, cfg,
+                                 full_state)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
@@ -189,14 +276,19 @@ def fit_train_stage(
         path, target = store.data_uri(stage.inputs["labels"], "data"), "p1"
     n_rows = store.manifest(data_key).meta["rows"][split]
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    dataset = ray.data.read_parquet(path).select_columns(["text", target])
+    datasets = {"train": ray.data.read_parquet(path).select_columns(["text", target])}
+    select = params.get("select")
+    if select:
+        datasets["val"] = _validation_dataset(stage, store, select)
+    gpu = gpu_plan(params, resources)
     loop = LoopConfig(model=params["model"], train=params["train"], loss=params["loss"], target_column=target,
-                      n_rows=n_rows, torch_threads=torch_threads)
+                      n_rows=n_rows, torch_threads=torch_threads, select=select, parallel=gpu["parallel"],
+                      gradient_checkpointing=gpu["gradient_checkpointing"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.__dict__,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=0 if local_mode else resources.num_workers,
+            num_workers=0 if local_mode else gpu["num_workers"],
             use_gpu=resources.use_gpu,
             resources_per_worker=None if local_mode else {"CPU": resources.worker_cpus},
         ),
@@ -205,16 +297,36 @@ def fit_train_stage(
             storage_path=storage_path,
             callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=_checkpoint_config(select),
         ),
-        datasets={"train": dataset},
+        datasets=datasets,
     )
     t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
-    with result.checkpoint.as_directory() as d:
+    chosen = result.get_best_checkpoint("objective", "max") if select else result.checkpoint
+    with chosen.as_directory() as d:
         history = json.loads((Path(d) / "history.json").read_text())
         meta = {"stage": stage.name, "params": params, "inputs": stage.inputs, "seconds": seconds,
                 "history": history}
         store.commit(stage.key, Path(d), meta, exclude=(TRAIN_STATE,))
     return meta
+
+
+def _validation_dataset(stage: Any, store: Any, select: dict[str, Any]) -> Any:
+    """Validation rows for model selection: weak labels (objective weak) or GT (objective oracle)."""
+    import ray.data
+
+    if select["objective"] == "weak":
+        return ray.data.read_parquet(store.data_uri(stage.inputs["val_labels"], "data")).select_columns(["text", "p1"])
+    return ray.data.read_parquet(store.data_uri(stage.inputs["data"], "val.parquet")).select_columns(["text", "label"])
+
+
+def _checkpoint_config(select: dict[str, Any] | None) -> Any:
+    """Keep the last epoch, or with selection the best epoch on the validation objective."""
+    import ray.train
+
+    if select:
+        return ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="objective",
+                                          checkpoint_score_order="max")
+    return ray.train.CheckpointConfig(num_to_keep=1)

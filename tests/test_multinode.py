@@ -1,0 +1,339 @@
+"""A real multi-node Ray cluster on this machine: a sweep submitted as a Ray Job survives losing a node.
+
+Nodes (``ray.cluster_utils.Cluster``, run by a small controller subprocess
+with its own ``RAY_TMPDIR``, so ``ray.init()`` elsewhere on the machine never
+finds this cluster and the pytest process never connects to it):
+
+* head: 1 CPU, ``{"w2s_driver": 2}``, dashboard (Job server) on a free port;
+* worker: 3 CPUs, ``{"trainer": 4}``; later killed and replaced (same resources).
+
+The sweep is submitted through ``JobSubmissionClient`` with the sweep driver
+pinned by ``entrypoint_resources`` and the trial drivers by the spec's
+``resources.driver_resource``. Train workers reserve 1 CPU and a trial driver
+0.5 on the 1-CPU head, so a Train worker can only run on a worker node.
+Store, Tune/Train state and results live in one shared directory (standing
+in for NFS). Once the first training has committed and another training is
+running, the worker node is killed (SIGKILL, no drain) and a replacement
+started; the job must still succeed with every planned stage committed
+exactly once and a full results table. Where each actor ran is read back
+from the State API (dead actors included).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from w2s_ray.artifacts import ArtifactStore
+from w2s_ray.config import Resources
+from w2s_ray.plan import plan_experiments
+from w2s_ray.spec import load_spec
+
+NAME = "multinode"
+HEAD = {"num_cpus": 1, "resources": {"w2s_driver": 2}}
+WORKER = {"num_cpus": 3, "resources": {"trainer": 4}}
+JOB_TIMEOUT_S = 900
+
+# Runs the cluster in its own process: start head + worker, then obey "kill" / "add" / "stop" on stdin.
+CONTROLLER = r'''
+import json, sys
+from ray.cluster_utils import Cluster
+
+def say(**kw):
+    print("W2S-CTL " + json.dumps(kw), flush=True)
+
+cfg = json.loads(sys.argv[1])
+cluster = Cluster(shutdown_at_exit=True)
+try:
+    head = cluster.add_node(wait=False, **cfg["head"])
+    cluster._wait_for_node(head, timeout=cfg["timeout"])
+    worker = cluster.add_node(wait=False, **cfg["worker"])
+    cluster._wait_for_node(worker, timeout=cfg["timeout"])
+    say(address=cluster.address, head=head.node_id, worker=worker.node_id)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "kill":  # node loss: SIGKILL the raylet and everything on the node, no drain
+            cluster.remove_node(worker, allow_graceful=False)
+            say(killed=worker.node_id)
+        elif cmd == "add":
+            worker = cluster.add_node(wait=False, **cfg["worker"])
+            cluster._wait_for_node(worker, timeout=cfg["timeout"])
+            say(worker=worker.node_id)
+        else:
+            break
+finally:
+    cluster.shutdown()
+    say(stopped=True)
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ClusterController:
+    """The controller subprocess and its line protocol."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        self.dashboard_port = _free_port()
+        head = {**HEAD, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                "dashboard_port": self.dashboard_port, "object_store_memory": 200 << 20,
+                # notice a killed node in seconds, not the default ~15 s
+                "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}}
+        cfg = {"head": head, "worker": {**WORKER, "object_store_memory": 200 << 20}, "timeout": 180}
+        script = workdir / "controller.py"
+        script.write_text(CONTROLLER)
+        self.stderr_path = workdir / "controller.err"
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen([sys.executable, str(script), json.dumps(cfg)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1, env=env,
+                                     start_new_session=True)
+        self._lines: queue.Queue[dict] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.info = self.reply(240)
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("W2S-CTL "):
+                self._lines.put(json.loads(line[len("W2S-CTL "):]))
+
+    def reply(self, timeout: float) -> dict:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"cluster controller gave no answer in {timeout}s; stderr:\n{self.stderr()}") from None
+
+    def send(self, cmd: str, timeout: float = 240) -> dict:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self.reply(timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()[-4000:]
+
+    def stop(self) -> None:
+        """Shut the cluster down: ask, then terminate the controller, then its whole process group."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write("stop\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=90)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+        try:  # anything the controller started and left behind (its own session only)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._stderr.close()
+
+
+def _spec(address: str, shared: Path) -> dict:
+    return {
+        "name": NAME,
+        "datasets": ["multiemo-sentences"],
+        "models": ["minilm-l6-1l", "minilm-l6-2l"],
+        "pairs": "weak<strong",
+        "losses": ["xent"],
+        "seeds": [0],
+        "split": {"n_weak": 64, "n_strong": 64, "n_test": 64},
+        "train": {"epochs": 2, "max_len": 32, "batch_size": 16},
+        "resources": {"profile": "cluster", "address": address, "storage": str(shared), "trial_cpus": 0.5,
+                      "worker_cpus": 1.0, "max_concurrent_trials": 2, "max_failures": 2,
+                      "driver_resource": "w2s_driver", "torch_threads": 1},
+    }
+
+
+def _actors(dashboard: str, **filters: str) -> list:
+    from ray.util.state import list_actors
+
+    for attempt in range(10):
+        try:
+            return list_actors(address=dashboard, filters=[(k, "=", v) for k, v in filters.items()], detail=True,
+                               limit=10000, raise_on_missing_output=False, timeout=60)
+        except Exception:  # noqa: BLE001  (the dashboard is busy on 2 cores: retry)
+            if attempt == 9:
+                raise
+            time.sleep(3)
+    return []
+
+
+@pytest.fixture(scope="module")
+def multinode_sweep(tmp_path_factory, asset_home):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    t_start = time.time()
+    root = tmp_path_factory.mktemp("multinode")
+    shared = root / "shared"  # every node's view of "NFS"
+    shared.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="w2smn", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+           "RAY_worker_maximum_startup_concurrency": "8"}
+    env.pop("RAY_ADDRESS", None)
+    ctl = ClusterController(root, env)
+    result: dict = {"shared": shared, "nodes": dict(ctl.info), "t_cluster": time.time() - t_start}
+    try:
+        spec_path = root / f"{NAME}.yaml"
+        spec_path.write_text(yaml.safe_dump(_spec(ctl.info["address"], shared)))
+        plan = plan_experiments(load_spec(spec_path).experiments())
+        train_keys = {k for k, s in plan.stages.items() if s.kind == "train"}
+        store = ArtifactStore(str(shared / "store"))
+
+        deadline = time.time() + 120
+        while True:  # the Job server comes up a little after the head
+            try:
+                client = JobSubmissionClient(ctl.dashboard)
+                break
+            except Exception:  # noqa: BLE001
+                if time.time() > deadline:
+                    raise
+                time.sleep(2)
+        job_env = {
+            "W2S_RAY_HOME": os.environ["W2S_RAY_HOME"], "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "disabled",
+            # a Train worker group waits this long for the replacement node
+            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "240",
+            # execute.ensure_ray re-sends W2S_RAY_HOME / HF_HUB_OFFLINE in ray.init(runtime_env=...), which
+            # Ray refuses to merge with the job's own env_vars (see the xfail test below); remove once fixed.
+            "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
+        }
+        entrypoint = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "w2s_ray.cli", "sweep",
+                                                         str(spec_path), "--out", str(shared)))
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": job_env},
+                                   entrypoint_resources={"w2s_driver": 1})
+        result["job_id"] = job_id
+        t_job = time.time()
+
+        def status() -> JobStatus:
+            return client.get_job_status(job_id)
+
+        # node loss: after the first training commits, while another training runs on the worker node
+        first_worker, killed_at = ctl.info["worker"], None
+        deadline = time.time() + JOB_TIMEOUT_S
+        while time.time() < deadline and not status().is_terminal():
+            ledger = store.ledger() if (shared / "store" / "ledger").is_dir() else []
+            committed = {e["key"] for e in ledger} & train_keys
+            if committed and committed != train_keys:
+                running = [a for a in _actors(ctl.dashboard, class_name="RayTrainWorker", state="ALIVE")
+                           if a.node_id == first_worker]
+                if running:
+                    killed_at = {"committed": sorted(committed), "running_workers": [a.actor_id for a in running],
+                                 "t": time.time() - t_job}
+                    break
+            time.sleep(1)
+        result["killed_at"] = killed_at
+        if killed_at is not None:
+            ctl.send("kill")
+            time.sleep(3)  # the node is gone for a moment, as a preempted spot node would be
+            result["replacement"] = ctl.send("add")["worker"]
+        while time.time() < deadline and not status().is_terminal():
+            time.sleep(2)
+        result["status"] = status()
+        result["job_seconds"] = time.time() - t_job
+        result["logs"] = client.get_job_logs(job_id)
+        result["job_info"] = client.get_job_info(job_id)
+        result["train_workers"] = _actors(ctl.dashboard, class_name="RayTrainWorker")
+        result["controllers"] = _actors(ctl.dashboard, class_name="TrainController")
+        result["all_actors"] = _actors(ctl.dashboard)
+        result.update(plan=plan, train_keys=train_keys, store=store)
+        print(f"multinode: cluster up in {result['t_cluster']:.0f}s; job {result['status']} in "
+              f"{result['job_seconds']:.0f}s; node killed at {killed_at}; actors per node: "
+              f"{dict(collections.Counter((a.class_name, a.node_id[:8]) for a in result['all_actors']))}; "
+              f"nodes {ctl.info} replacement {result.get('replacement')}")
+        yield result
+    finally:
+        ctl.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        result["t_total"] = time.time() - t_start
+
+
+@pytest.mark.ray
+def test_sweep_job_survives_losing_a_worker_node(multinode_sweep):
+    r = multinode_sweep
+    logs = r.get("logs", "")[-6000:]
+    assert r["killed_at"] is not None, f"no training was running on the worker node after the first commit\n{logs}"
+    assert r["status"] == "SUCCEEDED", f"job {r['status']}:\n{logs}"
+    plan, store = r["plan"], r["store"]
+    # every planned stage committed, each exactly once (the interrupted training resumed and committed once)
+    counts = collections.Counter(e["key"] for e in store.ledger())
+    assert set(counts) == set(plan.stages), (set(plan.stages) ^ set(counts), logs)
+    assert set(counts.values()) == {1}, counts
+    assert all(store.exists(k) for k in plan.stages)
+    # the results table, in the shared directory
+    cells = pd.read_parquet(r["shared"] / "sweeps" / NAME / "results.parquet")
+    assert len(cells) == len(plan.cells) == 1
+    for col in ("weak_acc", "student_acc", "ceiling_acc", "weak_auroc", "agreement"):
+        assert cells[col].notna().all(), col
+    assert (r["shared"] / "store" / "objects").is_dir() and (r["shared"] / "ray").is_dir()
+
+
+@pytest.mark.ray
+def test_placement_drivers_on_the_head_train_workers_on_worker_nodes(multinode_sweep):
+    r = multinode_sweep
+    head, first, second = r["nodes"]["head"], r["nodes"]["worker"], r.get("replacement")
+    assert second and second not in (head, first)
+    assert r["job_info"].driver_node_id == head  # entrypoint_resources={"w2s_driver": 1}
+    workers = r["train_workers"]
+    on = collections.Counter(a.node_id for a in workers)
+    assert set(on) <= {first, second}, on  # never on the head (its 1 CPU holds only trial drivers)
+    assert on[first] >= 1 and on[second] >= 1, on  # trained before the loss and after it
+    killed = [a for a in workers if a.actor_id in r["killed_at"]["running_workers"]]
+    assert killed and all(a.state == "DEAD" and a.node_id == first for a in killed)
+    # the interrupted training started a new worker group: more Train workers than trainings
+    assert len(workers) > len(r["train_keys"]), on
+    drivers = [a for a in r["all_actors"] if a.class_name != "JobSupervisor"
+               and any(k.startswith("w2s_driver") for k in (a.required_resources or {}))]
+    assert len(drivers) >= len(r["train_keys"]), [a.class_name for a in drivers]
+    assert {a.node_id for a in drivers} == {head}  # resources.driver_resource pinned every trial driver
+    assert r["controllers"] and {a.node_id for a in r["controllers"]} == {head}  # Train controllers follow
+
+
+def test_ensure_ray_inside_a_ray_job_keeps_the_job_runtime_env(monkeypatch, asset_home):
+    """Inside a Ray Job, ensure_ray's runtime_env must merge with the job's (cheap: ray.init is faked)."""
+    import ray
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from ray.runtime_env.runtime_env import _merge_runtime_env
+
+    from w2s_ray import execute
+
+    job_runtime_env = {"env_vars": {"W2S_RAY_HOME": os.environ["W2S_RAY_HOME"], "HF_HUB_OFFLINE": "1"}}
+    monkeypatch.setenv(RAY_JOB_CONFIG_JSON_ENV_VAR, json.dumps({"runtime_env": job_runtime_env}))
+    for k, v in execute.RAY_ENV.items():  # ensure_ray setdefaults these: restore them afterwards
+        monkeypatch.setenv(k, os.environ.get(k, v))
+    seen: dict = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    execute.ensure_ray(Resources(address="127.0.0.1:6379"))
+    assert seen["address"] == "127.0.0.1:6379"
+    # what ray.init does with a driver runtime_env inside a job (None: it raises "Failed to merge")
+    merged = _merge_runtime_env(job_runtime_env, seen.get("runtime_env"))
+    if merged is None:
+        pytest.xfail("execute.ensure_ray re-sends env vars the Ray Job already sets; ray.init refuses to merge "
+                     "them unless RAY_OVERRIDE_JOB_RUNTIME_ENV=1 (see the issue 7 report)")
+    assert merged["env_vars"]["W2S_RAY_HOME"] == os.environ["W2S_RAY_HOME"]

@@ -1,0 +1,83 @@
+"""Alpha search on a real local Ray cluster: Optuna + ASHA trials, selection on validation only.
+
+The leakage test runs the same ``weak``-objective search twice on a local
+dataset file: once as is, once with the GT labels of every row outside half A
+(half B, validation, test) shuffled. Half A is untouched, so the weak model
+and its labels are the same; if no GT label from B, validation or test reaches
+training or selection, the trials and the selected configuration are identical.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from w2s_ray.artifacts import ArtifactStore
+from w2s_ray.config import ExperimentConfig, Resources, SearchConfig, SplitConfig, TrainOverrides
+from w2s_ray.data import load_rows, resolve_dataset, split_rows
+from w2s_ray.execute import execute
+from w2s_ray.plan import plan_experiment
+from w2s_ray.results import cell_row, trial_rows
+from w2s_ray.search import read_trials
+
+pytestmark = pytest.mark.ray
+
+SPLIT = SplitConfig(seed=0, n_weak=64, n_strong=64, n_test=64, n_val=48)
+SEARCH = SearchConfig(objective="weak", num_samples=3, max_concurrent=1, grace_period=1, seed=0)
+
+
+def _dataset_files(tmp_path):
+    rows = load_rows(resolve_dataset("multiemo-sentences"))[["text", "label"]]
+    rows = rows.iloc[: SPLIT.n_weak + SPLIT.n_strong + SPLIT.n_test + SPLIT.n_val + 40].reset_index(drop=True)
+    clean = tmp_path / "clean.parquet"
+    rows.to_parquet(clean, index=False)
+    parts = split_rows(load_rows(resolve_dataset(str(clean))), SPLIT)
+    outside_a = ~rows["text"].isin(set(parts["A"]["text"]))
+    shuffled = rows.copy()
+    labels = shuffled.loc[outside_a, "label"].to_numpy()
+    shuffled.loc[outside_a, "label"] = np.random.default_rng(1).permutation(1 - labels)  # flip, then permute
+    path = tmp_path / "shuffled.parquet"
+    shuffled.to_parquet(path, index=False)
+    return clean, path
+
+
+def _search(ray_cluster, dataset, out):
+    cfg = ExperimentConfig(dataset, "minilm-l6-1l", "minilm-l6-2l", split=SPLIT, search=SEARCH,
+                           train=TrainOverrides(epochs=2, max_len=32, batch_size=16))
+    plan = plan_experiment(cfg)
+    store = ArtifactStore(str(out / "store"))
+    execute(plan, store, Resources(max_concurrent_trials=2), str(out / "ray"), progress=lambda _: None)
+    cell = plan.cells[0]
+    return store, cell, read_trials(store, cell.student)
+
+
+@pytest.fixture(scope="module")
+def searches(ray_cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    clean, shuffled = _dataset_files(tmp)
+    return _search(ray_cluster, str(clean), tmp / "a"), _search(ray_cluster, str(shuffled), tmp / "b")
+
+
+def test_search_runs_its_budget_and_selects_on_validation(searches):
+    store, cell, trials = searches[0]
+    assert len(trials) == SEARCH.num_samples
+    assert trials["committed"].any()
+    best = store.manifest(cell.student).meta["best"]
+    finished = trials[trials["committed"]]
+    assert best["objective"] == finished["objective"].max()
+    assert 0.0 <= best["alpha_max"] <= 1.0
+    row = cell_row(store, cell)
+    assert row["method"] == "search:weak" and row["selection"] == "weak labels only"
+    trial_table = pd.DataFrame(trial_rows(store, cell, row))
+    assert trial_table["selected"].sum() == 1
+    assert trial_table.loc[trial_table["selected"], "student_acc"].iloc[0] == row["student_acc"]
+
+
+def test_weak_objective_never_sees_ground_truth_outside_half_a(searches):
+    (store_a, cell_a, trials_a), (store_b, cell_b, trials_b) = searches
+    cols = ["alpha_max", "warmup_frac", "lr", "objective", "epochs_run", "committed"]
+    pd.testing.assert_frame_equal(trials_a[cols], trials_b[cols])
+    best_a, best_b = (s.manifest(c.student).meta["best"] for s, c in ((store_a, cell_a), (store_b, cell_b)))
+    assert {k: best_a[k] for k in ("alpha_max", "warmup_frac", "objective")} == \
+           {k: best_b[k] for k in ("alpha_max", "warmup_frac", "objective")}
+    # the shuffle was real: GT-trained ceilings and GT test accuracies differ
+    assert cell_row(store_a, cell_a)["ceiling_acc"] != cell_row(store_b, cell_b)["ceiling_acc"]

@@ -1,0 +1,204 @@
+"""Alpha search for one cell: Optuna (TPE) on Ray Tune, ASHA on per-epoch validation reports.
+
+Each trial is an ordinary content-addressed ``train`` stage (a logconf
+student with the sampled ``alpha_max``, ``warmup_frac`` and optionally ``lr``)
+that evaluates its selection objective on the validation split after every
+epoch and keeps its best-epoch checkpoint. A trial whose stage is already
+committed reports its recorded history instead of training again, and the
+Tune experiment is named by the search's key and restored when it exists, so
+an interrupted search resumes.
+
+Selection never sees the GT test set: test predictions of every finished
+trial are computed *after* the search, for the report (PGR against alpha)
+only, and the best trial is chosen from validation objectives alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import pandas as pd
+
+from w2s_ray.artifacts import ArtifactStore
+from w2s_ray.config import Resources
+from w2s_ray.plan import Stage, infer_stage, search_trial_stage
+
+Progress = Callable[[str], None]
+TRIALS_FILE = "trials.parquet"
+
+
+def search_space(search: dict[str, Any]) -> dict[str, Any]:
+    from ray import tune
+
+    space = {"alpha_max": tune.uniform(*search["alpha_max"]), "warmup_frac": tune.uniform(*search["warmup_frac"])}
+    if search["lr"] is not None:
+        space["lr"] = tune.loguniform(*search["lr"])
+    return space
+
+
+def trial_stage_of(stage: Stage, config: dict[str, Any]) -> Stage:
+    return search_trial_stage(stage, config["alpha_max"], config["warmup_frac"], config.get("lr"))
+
+
+def search_trial(config: dict[str, Any], stage: Stage, store_uri: str, resources: Resources, storage_path: str,
+                 torch_threads: int) -> None:
+    """A Tune function trial: train (or reload) one logconf student, reporting the objective per epoch."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from w2s_ray.train import fit_train_stage
+
+    trial = trial_stage_of(stage, config)
+    store = ArtifactStore(store_uri)
+    manifest = store.manifest(trial.key)
+    if manifest is not None:  # trained before (resume): replay its reports so TPE and ASHA see them
+        for h in manifest.meta["history"]:
+            tune.report({k: h[k] for k in ("epoch", "objective", "train_loss")})
+        return
+    meta = fit_train_stage(trial, store, resources, storage_path, torch_threads,
+                           callbacks=[_all_but_last_epoch(TuneReportCallback)()])
+    last = meta["history"][-1]
+    tune.report({k: last[k] for k in ("epoch", "objective", "train_loss")})  # after the commit: see below
+
+
+def _all_but_last_epoch(base: type) -> type:
+    """Forward every epoch's report to Tune except the last.
+
+    ASHA answers a report at ``max_t`` with STOP, and Tune then kills the trial
+    at once: had the last epoch come through the Train callback, the trial would
+    die between training and committing its model. The trial reports it itself,
+    after the commit.
+    """
+
+    class Callback(base):
+        def after_report(self, run_context, metrics, checkpoint):  # noqa: ANN001
+            if metrics and metrics[0].get("epoch") == metrics[0].get("epochs"):
+                return
+            super().after_report(run_context, metrics, checkpoint)
+
+    return Callback
+
+
+class _SearchProgress:
+    def __new__(cls, progress: Progress):
+        from ray import tune
+
+        class Callback(tune.Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                if "objective" in result:
+                    c = trial.config
+                    progress(f"    trial a={c['alpha_max']:.3f} w={c['warmup_frac']:.3f}"
+                             + (f" lr={c['lr']:.2g}" if "lr" in c else "")
+                             + f": epoch {result['epoch']} objective {result['objective']:.4f}")
+
+            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+                pass
+
+        return Callback()
+
+
+def run_search_stage(stage: Stage, store: ArtifactStore, resources: Resources, storage_path: str,
+                     progress: Progress = print) -> dict[str, Any]:
+    """Run (or resume) the search, predict the test set with every finished trial, commit the trial table."""
+    t0 = time.perf_counter()
+    grid = _tune(stage, store, resources, storage_path, progress)
+    trials = _trial_table(stage, store, grid)
+    if not trials["committed"].any():
+        raise RuntimeError(f"{stage.name}: no trial finished")
+    progress(f"    predicting the test set with {int(trials['committed'].sum())} finished trial(s) (report only)")
+    from w2s_ray.label import run_infer_stage
+
+    test_keys = []
+    for row in trials.itertuples():
+        key = None
+        if row.committed:
+            infer = infer_stage("search trial", Stage(row.trial_key, "train", row.trial_name,
+                                                      {"train": stage.params["train"], "model": stage.params["model"]},
+                                                      {}, "search trial"),
+                                stage.inputs["data"], "test")
+            if not store.exists(infer.key):
+                run_infer_stage(infer, store, threads=resources.torch_threads or (os.cpu_count() or 1),
+                                use_gpu=resources.use_gpu)
+            key = infer.key
+        test_keys.append(key)
+    trials["test_key"] = test_keys
+    best = trials[trials["committed"]].sort_values(["objective", "trial_index"], ascending=[False, True]).iloc[0]
+    staging = store.staging_dir()
+    trials.to_parquet(staging / TRIALS_FILE, index=False)
+    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "seconds": time.perf_counter() - t0,
+            "objective": stage.params["search"]["objective"],
+            "best": {k: _plain(best[k]) for k in ("trial_key", "test_key", "alpha_max", "warmup_frac", "lr",
+                                                    "objective")},
+            "trials": len(trials), "finished": int(trials["committed"].sum())}
+    store.commit(stage.key, staging, meta)
+    return meta
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _tune(stage: Stage, store: ArtifactStore, resources: Resources, storage_path: str, progress: Progress) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from w2s_ray.execute import quiet_tune_logs, trial_resources
+
+    search = stage.params["search"]
+    concurrent = min(search["max_concurrent"], resources.max_concurrent_trials)
+    threads = resources.torch_threads or max(1, (os.cpu_count() or 1) // concurrent)
+    trainable = tune.with_resources(
+        tune.with_parameters(search_trial, stage=stage, store_uri=store.uri, resources=resources,
+                             storage_path=storage_path, torch_threads=threads),
+        trial_resources(resources))
+    name = f"search-{stage.key}"
+    path = f"{storage_path.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        progress(f"    resuming the search from {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(search),
+            tune_config=tune.TuneConfig(
+                metric="objective", mode="max", num_samples=search["num_samples"],
+                search_alg=ConcurrencyLimiter(OptunaSearch(seed=search["seed"]), max_concurrent=concurrent),
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=stage.params["train"]["epochs"],
+                                        grace_period=search["grace_period"],
+                                        reduction_factor=search["reduction_factor"]),
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                                      callbacks=[_SearchProgress(progress)]),
+        )
+    with quiet_tune_logs():
+        return tuner.fit()
+
+
+def _trial_table(stage: Stage, store: ArtifactStore, grid: Any) -> pd.DataFrame:
+    """One row per trial: its sampled knobs, best validation objective, epochs run, and its stage key."""
+    rows = []
+    for i, result in enumerate(grid):
+        config = result.config
+        trial = trial_stage_of(stage, config)
+        history = result.metrics_dataframe
+        objective = float(history["objective"].max()) if history is not None and "objective" in history else None
+        epochs = int(history["epoch"].max()) if history is not None and "epoch" in history else 0
+        rows.append({
+            "trial_index": i, "trial_key": trial.key, "trial_name": trial.name,
+            "alpha_max": trial.params["loss"]["alpha_max"], "warmup_frac": trial.params["loss"]["warmup_frac"],
+            "lr": trial.params["train"]["lr"], "objective": objective, "epochs_run": epochs,
+            "stopped_early": epochs < stage.params["train"]["epochs"], "committed": store.exists(trial.key),
+            "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
+        })
+    return pd.DataFrame(rows)
+
+
+def read_trials(store: ArtifactStore, key: str) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(store.path(key, TRIALS_FILE), filesystem=store.fs).to_pandas()
