@@ -164,3 +164,14 @@ def test_validation_split_is_disjoint_and_keeps_old_keys():
     ids = [set(p["id"]) for p in parts.values()]
     assert len(parts["val"]) >= 20 and sum(map(len, ids)) == len(set().union(*ids))
     assert "n_val" not in SplitConfig(0, 30, 30, 30).effective()  # runs without validation keep their keys
+
+
+def test_unshared_plan_gives_every_cell_private_stages():
+    spec = spec_from_dict(base(losses=["logconf"], alpha_max=[0.25, 0.5]))
+    cells = spec.experiments()
+    naive = plan_experiments(cells, share=False)
+    counts = naive.role_counts()
+    assert counts["weak"] == counts["ceiling"] == counts["student"] == len(cells)
+    for cell in naive.cells:  # cells point at their own, existing stages
+        assert {cell.weak, cell.ceiling, cell.student, cell.student_test} <= set(naive.stages)
+        assert naive.stages[cell.student].inputs["labels"] == cell.weak_labels

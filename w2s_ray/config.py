@@ -152,10 +152,10 @@ class Resources:
     driver_resource: str | None = None  # a custom resource only non-spot nodes offer
 
     def __post_init__(self) -> None:
-        _check_positive("resources.num_workers", self.num_workers)
-        _check_positive("resources.max_concurrent_trials", self.max_concurrent_trials)
+        _check_positive("num_workers", self.num_workers)
+        _check_positive("max_concurrent_trials", self.max_concurrent_trials)
         if self.trial_cpus <= 0 or self.worker_cpus <= 0:
-            raise ConfigError("resources", "trial_cpus and worker_cpus must be > 0")
+            raise ConfigError("trial_cpus" if self.trial_cpus <= 0 else "worker_cpus", "must be > 0")
 
 
 OBJECTIVES = ("weak", "oracle")

@@ -204,12 +204,29 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     return plan
 
 
-def plan_experiments(configs: list[ExperimentConfig]) -> Plan:
-    """One plan for many cells; stages they share are planned (and run) once."""
+def plan_experiments(configs: list[ExperimentConfig], share: bool = True) -> Plan:
+    """One plan for many cells; stages they share are planned (and run) once.
+
+    ``share=False`` gives every cell private stages (the reference code's
+    pairwise runs): only the deduplication benchmark wants that.
+    """
     plan = Plan()
-    for cfg in configs:
-        plan_experiment(cfg, plan)
+    for i, cfg in enumerate(configs):
+        if share:
+            plan_experiment(cfg, plan)
+        else:
+            private = plan_experiment(cfg)
+            keys = {k: plan.add(_isolated(s, i, private)).key for k, s in private.stages.items()}
+            cell = private.cells[0]
+            plan.cells.append(Cell(cfg, *(keys[getattr(cell, f)] for f in Cell.__dataclass_fields__
+                                          if f != "config")))
     return plan
+
+
+def _isolated(stage: Stage, cell: int, private: Plan) -> Stage:
+    """The stage re-keyed for one cell only (its inputs re-keyed alike)."""
+    inputs = {k: _isolated(private.stages[v], cell, private).key for k, v in stage.inputs.items()}
+    return _stage(stage.kind, stage.name, {**stage.params, "cell": cell}, inputs, stage.role)
 
 
 def naive_trainings(configs: list[ExperimentConfig]) -> int:

@@ -59,6 +59,13 @@ def _ordered_models(cells: pd.DataFrame) -> list[str]:
                                         names.index(n)))
 
 
+def _save(fig, path: Path) -> Path:  # noqa: ANN001
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_accuracy_vs_size(agg: pd.DataFrame, out: Path) -> Path:
     plt = _pyplot()
     panels = list(agg.groupby(["dataset", agg.apply(loss_label, axis=1)], sort=False))
@@ -78,11 +85,7 @@ def plot_accuracy_vs_size(agg: pd.DataFrame, out: Path) -> Path:
         ax.set_title(f"{dataset}\n{loss}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / FIGURES[0]
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / FIGURES[0])
 
 
 def plot_pgr_heatmap(agg: pd.DataFrame, out: Path) -> Path:
@@ -108,11 +111,7 @@ def plot_pgr_heatmap(agg: pd.DataFrame, out: Path) -> Path:
         ax.set_ylabel("weak")
         ax.set_title(f"PGR: {dataset}\n{loss}", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = out / FIGURES[1]
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / FIGURES[1])
 
 
 def plot_pgr_by_loss(agg: pd.DataFrame, out: Path) -> Path:
@@ -134,11 +133,7 @@ def plot_pgr_by_loss(agg: pd.DataFrame, out: Path) -> Path:
     ax.set_ylabel("PGR (mean over seeds, 95% CI)")
     ax.set_title("Performance gap recovered by loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / FIGURES[2]
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / FIGURES[2])
 
 
 def plot_pgr_vs_alpha(trials: pd.DataFrame, cells: pd.DataFrame, out: Path) -> Path:
@@ -164,11 +159,7 @@ def plot_pgr_vs_alpha(trials: pd.DataFrame, cells: pd.DataFrame, out: Path) -> P
         ax.set_title(f"{dataset}: {weak} → {strong}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "pgr_vs_alpha.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "pgr_vs_alpha.png")
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:

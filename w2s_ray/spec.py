@@ -80,29 +80,17 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
-class ResourcesSpec:
-    """Where the sweep runs. ``local`` and ``cluster`` differ only in these values."""
+class ResourcesSpec(Resources):
+    """Where the sweep runs: :class:`~w2s_ray.config.Resources` plus the profile's name and storage.
+
+    ``local`` and ``cluster`` profiles differ only in these values, never in code paths.
+    """
 
     profile: Literal["local", "cluster"] = "local"
-    address: str | None = None  # None: start a local Ray cluster; "auto" or ray://… on a cluster
     storage: str | None = None  # artifact store + Tune results: a path or s3:// / gs:// URI
-    num_cpus: int | None = None
-    trial_cpus: float = 0.5
-    worker_cpus: float = 1.0
-    num_workers: int = 1
-    use_gpu: bool = False
-    max_concurrent_trials: int = 2
-    torch_threads: int | None = None
-    max_failures: int = 1
-    driver_resource: str | None = None  # custom resource that pins trial drivers to non-spot nodes
 
     def resources(self) -> Resources:
-        return Resources(
-            address=self.address, num_cpus=self.num_cpus, trial_cpus=self.trial_cpus,
-            worker_cpus=self.worker_cpus, num_workers=self.num_workers, use_gpu=self.use_gpu,
-            max_concurrent_trials=self.max_concurrent_trials, torch_threads=self.torch_threads,
-            max_failures=self.max_failures, driver_resource=self.driver_resource,
-        )
+        return Resources(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Resources)})
 
 
 @dataclass(frozen=True)
@@ -280,7 +268,6 @@ def _check_semantics(spec: SweepSpec) -> None:
     for path, obj in [("split", spec.split), ("train", spec.train)] + [
             (f"model_train.{m}", t) for m, t in spec.model_train.items()]:
         _prefixed(path, _check_positive_fields, obj)
-    _prefixed("resources", ResourcesSpec.resources, spec.resources)
     if spec.split.n_val < 0:
         raise ConfigError("split.n_val", f"{spec.split.n_val} must be a non-negative integer")
     if spec.search is not None:
