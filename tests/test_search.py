@@ -22,7 +22,7 @@ from w2s_ray.search import read_trials
 pytestmark = pytest.mark.ray
 
 SPLIT = SplitConfig(seed=0, n_weak=64, n_strong=64, n_test=64, n_val=48)
-SEARCH = SearchConfig(objective="weak", num_samples=3, max_concurrent=1, grace_period=1, seed=0)
+SEARCH = SearchConfig(objective="weak", num_samples=2, max_concurrent=1, grace_period=1, seed=0)
 
 
 def _dataset_files(tmp_path):
@@ -76,6 +76,10 @@ def test_weak_objective_never_sees_ground_truth_outside_half_a(searches):
     (store_a, cell_a, trials_a), (store_b, cell_b, trials_b) = searches
     cols = ["alpha_max", "warmup_frac", "lr", "objective", "epochs_run", "committed"]
     pd.testing.assert_frame_equal(trials_a[cols], trials_b[cols])
+    for key_a, key_b in zip(trials_a["trial_key"], trials_b["trial_key"]):  # training itself saw no GT either
+        losses = [[h["train_loss"] for h in store.manifest(k).meta["history"]]
+                  for store, k in ((store_a, key_a), (store_b, key_b))]
+        assert losses[0] == losses[1]
     best_a, best_b = (s.manifest(c.student).meta["best"] for s, c in ((store_a, cell_a), (store_b, cell_b)))
     assert {k: best_a[k] for k in ("alpha_max", "warmup_frac", "objective")} == \
            {k: best_b[k] for k in ("alpha_max", "warmup_frac", "objective")}

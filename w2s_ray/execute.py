@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
@@ -56,6 +57,17 @@ class ExecutionReport:
     cached: list[str] = field(default_factory=list)
 
 
+def _job_env_vars() -> dict[str, str]:
+    """The env vars of the Ray Job this driver runs in (``ray job submit``), if any."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
 def ensure_ray(resources: Resources) -> None:
     """Connect to ``resources.address`` or start a local cluster sized for trials + ingest."""
     import ray
@@ -64,7 +76,9 @@ def ensure_ray(resources: Resources) -> None:
         return
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
-    env_vars = {k: os.environ[k] for k in list(RAY_ENV) + ["HF_HUB_OFFLINE", "W2S_RAY_HOME"] if k in os.environ}
+    job_env = _job_env_vars()  # ray.init refuses to be given a Ray Job's own env_vars again
+    env_vars = {k: os.environ[k] for k in list(RAY_ENV) + ["HF_HUB_OFFLINE", "W2S_RAY_HOME"]
+                if k in os.environ and k not in job_env}
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": False,
                               "configure_logging": True, "logging_level": "ERROR"}
     if resources.address:

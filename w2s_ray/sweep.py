@@ -37,7 +37,8 @@ class Layout:
     @classmethod
     def of(cls, out: Path, name: str, storage: str | None = None, results_dir: Path | None = None) -> "Layout":
         if storage and "://" in storage:
-            store_uri, ray_storage = f"{storage.rstrip('/')}/store", f"{storage.rstrip('/')}/ray"
+            base, sep, query = storage.partition("?")  # s3://b/p?region=x: sub-paths go before the query
+            store_uri, ray_storage = (f"{base.rstrip('/')}/{sub}{sep}{query}" for sub in ("store", "ray"))
         else:
             root = Path(storage).expanduser().resolve() if storage else out.resolve()
             store_uri, ray_storage = str(root / "store"), str(root / "ray")
