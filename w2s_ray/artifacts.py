@@ -53,7 +53,7 @@ def stage_key(kind: str, params: dict[str, Any], inputs: dict[str, str]) -> str:
 
 def check_key(key: str) -> str:
     """Keys become path components: refuse anything that could escape the root."""
-    if not _KEY_RE.match(key):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):  # fullmatch: `$` lets a trailing newline by
         raise ValueError(f"invalid artifact key {key!r}")
     return key
 
@@ -171,10 +171,11 @@ class ArtifactStore:
         path = self.path(key, MANIFEST)
         try:
             with self.fs.open_input_stream(path) as f:
-                text = f.read().decode()
+                raw = f.read()
         except (FileNotFoundError, OSError):
             return None
         try:
+            text = raw.decode()  # a flipped byte can make it invalid UTF-8: damaged, not fatal
             m = Manifest.from_json(text)
             if m.key != key or not isinstance(m.files, dict):
                 raise ValueError("manifest of another artifact")

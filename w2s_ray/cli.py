@@ -33,6 +33,7 @@ def _say(msg: str) -> None:
 
 
 def _fail(command: str, msg: str) -> int:
+    msg = msg.replace("\r", "\\r").replace("\n", "\\n")  # one line, even for a key holding a line break
     print(f"w2s-ray {command}: error: {msg}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
@@ -140,7 +141,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         return _fail("run", f"{_flag(e.path)}: {e.message}")
     except OfflineAssetError as e:
         return _fail("run", str(e))
-    name = f"{cfg.dataset}_{Path(cfg.weak).name}_to_{Path(cfg.strong).name}_{cfg.loss.name}"
+    from w2s_ray.data import resolve_dataset
+
+    dataset_name = resolve_dataset(cfg.dataset).name  # a data file's stem, never its path
+    name = f"{dataset_name}_{Path(cfg.weak).name}_to_{Path(cfg.strong).name}_{cfg.loss.name}"
     if cfg.loss.name == "logconf":
         name += f"-a{cfg.loss.alpha_max:g}-w{cfg.loss.warmup_frac:g}"
     out = Path(a.out)

@@ -9,6 +9,7 @@ Validation happens before anything is started or written: a bad value raises
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -154,8 +155,14 @@ class Resources:
     def __post_init__(self) -> None:
         _check_positive("num_workers", self.num_workers)
         _check_positive("max_concurrent_trials", self.max_concurrent_trials)
-        if self.trial_cpus <= 0 or self.worker_cpus <= 0:
-            raise ConfigError("trial_cpus" if self.trial_cpus <= 0 else "worker_cpus", "must be > 0")
+        for name in ("num_cpus", "torch_threads"):  # None: sized from the machine
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        for name in ("trial_cpus", "worker_cpus"):
+            if not 0 < getattr(self, name) < math.inf:  # nan and inf fail too
+                raise ConfigError(name, f"{getattr(self, name)!r} must be a positive finite number")
+        if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < -1:
+            raise ConfigError("max_failures", f"{self.max_failures!r} must be >= 0, or -1 to retry forever")
 
 
 OBJECTIVES = ("weak", "oracle")
@@ -188,6 +195,8 @@ class SearchConfig:
             _check_positive(name, getattr(self, name))
         if self.reduction_factor < 2:
             raise ConfigError("reduction_factor", f"{self.reduction_factor} must be >= 2")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", f"{self.seed!r} must be a non-negative integer")
         for name in ("alpha_max", "warmup_frac"):
             lo, hi = getattr(self, name)
             _check_range(f"{name}[0]", lo, 0.0, 1.0)

@@ -259,11 +259,16 @@ def describe_plan(spec: Any, plan: Plan) -> str:
     r = spec.resources
     counts = plan.role_counts()
     trainings = sum(v for k, v in counts.items() if k in ("weak", "ceiling", "student"))
+    searches = [s for s in plan.stages.values() if s.kind == "search"]
+    budget = sum(s.params["search"]["num_samples"] for s in searches)
+    variants = len(spec.loss_configs()) + (len(spec.search.objectives) if spec.search else 0)
     lines = [
         f"sweep {spec.name}: {len(spec.datasets)} dataset(s) x {len(spec.seeds)} seed(s) x "
-        f"{len(spec.pair_list())} pair(s) x {len(spec.loss_configs())} loss variant(s) = {len(plan.cells)} cells",
+        f"{len(spec.pair_list())} pair(s) x {variants} loss variant(s) = {len(plan.cells)} cells",
         "unique stages: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
-        f"trainings: {trainings} (without sharing stages: {naive_trainings([c.config for c in plan.cells])})",
+        f"trainings: {trainings}" + (f" + up to {budget} search trial(s) in {len(searches)} search(es)"
+                                     if searches else "")
+        + f" (without sharing stages: {naive_trainings([c.config for c in plan.cells])})",
         f"resources: profile {r.profile}, max {r.max_concurrent_trials} concurrent trial(s), "
         f"{r.num_workers} Train worker(s) per trial, storage {r.storage or '(local: --out)'}",
         "",

@@ -56,11 +56,16 @@ def search_trial(config: dict[str, Any], stage: Stage, store_uri: str, resources
     if manifest is not None:  # trained before (resume): replay its reports so TPE and ASHA see them
         for h in manifest.meta["history"]:
             tune.report({k: h[k] for k in ("epoch", "objective", "train_loss")})
+        if manifest.meta["history"][-1]["epoch"] < trial.params["train"]["epochs"]:  # best epoch was not the last
+            best = manifest.meta["history"][-1]
+            tune.report({"epoch": trial.params["train"]["epochs"], "objective": best["objective"],
+                         "train_loss": best["train_loss"], "selected_epoch": best["epoch"]})
         return
     meta = fit_train_stage(trial, store, resources, storage_path, torch_threads,
                            callbacks=[_all_but_last_epoch(TuneReportCallback)()])
-    last = meta["history"][-1]
-    tune.report({k: last[k] for k in ("epoch", "objective", "train_loss")})  # after the commit: see below
+    best = meta["history"][-1]  # the kept checkpoint's history ends at its (best) epoch
+    tune.report({"epoch": trial.params["train"]["epochs"], "objective": best["objective"],  # after the commit
+                 "train_loss": best["train_loss"], "selected_epoch": best["epoch"]})
 
 
 def _all_but_last_epoch(base: type) -> type:
@@ -148,6 +153,9 @@ def _tune(stage: Stage, store: ArtifactStore, resources: Resources, storage_path
 
     from w2s_ray.execute import quiet_tune_logs, trial_resources
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per search otherwise
     search = stage.params["search"]
     concurrent = min(search["max_concurrent"], resources.max_concurrent_trials)
     threads = resources.torch_threads or max(1, (os.cpu_count() or 1) // concurrent)

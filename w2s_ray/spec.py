@@ -246,6 +246,9 @@ def _check_semantics(spec: SweepSpec) -> None:
     from w2s_ray.data import resolve_dataset
     from w2s_ray.models import resolve_model
 
+    if not spec.name or spec.name in (".", "..") or any(c in spec.name for c in "/\\\0\n\r"):
+        raise ConfigError("name", f"{spec.name!r} must be one plain path component (results go to "
+                                  "<out>/sweeps/<name>): not empty, '.' or '..', no '/', '\\' or line breaks")
     _nonempty_unique(spec, ("datasets", "models", "losses", "alpha_max", "warmup_frac", "seeds"))
     for i, ds in enumerate(spec.datasets):
         _prefixed(f"datasets[{i}]", resolve_dataset, ds)
@@ -268,6 +271,7 @@ def _check_semantics(spec: SweepSpec) -> None:
     for path, obj in [("split", spec.split), ("train", spec.train)] + [
             (f"model_train.{m}", t) for m, t in spec.model_train.items()]:
         _prefixed(path, _check_positive_fields, obj)
+    _check_effective_training(spec)
     if spec.split.n_val < 0:
         raise ConfigError("split.n_val", f"{spec.split.n_val} must be a non-negative integer")
     if spec.search is not None:
@@ -310,6 +314,32 @@ def _check_positive_fields(obj: Any) -> None:
         raise ConfigError("lr", f"{obj.lr!r} is outside (0, 1)")
 
 
+def _check_effective_training(spec: SweepSpec) -> None:
+    """Each model's merged hyperparameters (registry, then ``train``, then ``model_train``) must be trainable.
+
+    Planning refuses them anyway (``minibatch_size`` must divide ``batch_size``), but by then the error
+    no longer names the spec field to change.
+    """
+    from w2s_ray.data import resolve_dataset
+    from w2s_ray.models import resolve_model
+    from w2s_ray.plan import train_config
+
+    for m in spec.models:
+        own = spec.model_train.get(m)
+        merged = {k: v for k, v in dataclasses.asdict(spec.train).items() if v is not None}
+        merged.update({k: v for k, v in dataclasses.asdict(own).items() if v is not None} if own else {})
+        for ds in spec.datasets:
+            try:
+                train_config(resolve_model(m), resolve_dataset(ds), TrainOverrides(**merged), 0)
+            except ConfigError as e:
+                own_sets = own is not None and (own.batch_size is not None or own.minibatch_size is not None)
+                obj, source = (own, f"model_train.{m}") if own_sets else (spec.train, "train")
+                field = e.path
+                if field in ("batch_size", "minibatch_size"):  # blame the value the user set
+                    field = "minibatch_size" if obj.minibatch_size is not None else "batch_size"
+                raise ConfigError(f"{source}.{field}", f"{e.message} (model {m})") from None
+
+
 def _nonempty_unique(spec: Any, names: tuple[str, ...], prefix: str = "") -> None:
     for name in names:
         values = getattr(spec, name)
@@ -332,9 +362,13 @@ def _check_pairs(spec: SweepSpec) -> None:
         return
     if not spec.pairs:
         raise ConfigError("pairs", "must not be empty")
+    seen = set()
     for i, pair in enumerate(spec.pairs):
         if len(pair) != 2:
             raise ConfigError(f"pairs[{i}]", f"expected [weak, strong], got {pair!r}")
+        if tuple(pair) in seen:
+            raise ConfigError(f"pairs[{i}]", f"{pair!r} is listed twice")
+        seen.add(tuple(pair))
         for j, m in enumerate(pair):
             if m not in spec.models:
                 raise ConfigError(f"pairs[{i}][{j}]", f"{m!r} is not in models ({', '.join(spec.models)})")

@@ -308,7 +308,9 @@ def fit_train_stage(
     with chosen.as_directory() as d:
         history = json.loads((Path(d) / "history.json").read_text())
         meta = {"stage": stage.name, "params": params, "inputs": stage.inputs, "seconds": seconds,
-                "history": history}
+                "history": history}  # with selection: up to the selected (best) epoch
+        if select:
+            meta["selected_epoch"] = history[-1]["epoch"]
         store.commit(stage.key, Path(d), meta, exclude=(TRAIN_STATE,))
     return meta
 
