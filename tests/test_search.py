@@ -85,3 +85,26 @@ def test_weak_objective_never_sees_ground_truth_outside_half_a(searches):
            {k: best_b[k] for k in ("alpha_max", "warmup_frac", "objective")}
     # the shuffle was real: GT-trained ceilings and GT test accuracies differ
     assert cell_row(store_a, cell_a)["ceiling_acc"] != cell_row(store_b, cell_b)["ceiling_acc"]
+
+
+def test_orphan_placement_groups_are_released_and_live_ones_kept(ray_cluster):
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from w2s_ray.execute import release_orphan_placement_groups
+
+    orphan, live = placement_group([{"CPU": 0.01}]), placement_group([{"CPU": 0.01}])
+    ray.get([orphan.ready(), live.ready()])
+
+    @ray.remote(num_cpus=0.01)
+    class Holder:
+        def ping(self):
+            return 1
+
+    holder = Holder.options(scheduling_strategy=PlacementGroupSchedulingStrategy(live)).remote()
+    assert ray.get(holder.ping.remote()) == 1
+    released = release_orphan_placement_groups(min_age_s=0)
+    assert orphan.id.hex() in released and live.id.hex() not in released
+    ray.kill(holder)
+    ray.util.remove_placement_group(live)

@@ -57,6 +57,39 @@ class ExecutionReport:
     cached: list[str] = field(default_factory=list)
 
 
+ORPHAN_AGE_S = 60.0
+
+
+def release_orphan_placement_groups(min_age_s: float = ORPHAN_AGE_S) -> list[str]:
+    """Remove placement groups that hold resources for no live actor.
+
+    When a scheduler (ASHA) stops a Tune trial, Tune kills the trial actor and
+    with it the TorchTrainer controller it owns; Train V2's worker placement
+    group is then left reserved until the job ends, starving later trials
+    (seen here with Ray 2.60: the search stalls with a PENDING worker group).
+    A group older than ``min_age_s`` with no ALIVE actor in it is such a
+    leftover: live worker groups get their actors within seconds.
+    """
+    import time as _time
+
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_actors, list_placement_groups
+
+    now_ns = _time.time_ns()
+    used = {a.placement_group_id for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True,
+                                                      raise_on_missing_output=False)
+            if a.placement_group_id}
+    released = []
+    for pg in list_placement_groups(filters=[("state", "=", "CREATED")], detail=True,
+                                    raise_on_missing_output=False):
+        created = int((pg.stats or {}).get("creation_request_received_ns") or now_ns)
+        if pg.placement_group_id not in used and not pg.is_detached and now_ns - created > min_age_s * 1e9:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg.placement_group_id))))
+            released.append(pg.placement_group_id)
+    return released
+
+
 def _job_env_vars() -> dict[str, str]:
     """The env vars of the Ray Job this driver runs in (``ray job submit``), if any."""
     raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")

@@ -98,10 +98,18 @@ class _SearchProgress:
                              + (f" lr={c['lr']:.2g}" if "lr" in c else "")
                              + f": epoch {result['epoch']} objective {result['objective']:.4f}")
 
-            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-                pass
+            def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
+                now = time.monotonic()
+                if now - self.last_sweep > 20:  # trials stopped by ASHA leave Train placement groups behind
+                    self.last_sweep = now
+                    from w2s_ray.execute import release_orphan_placement_groups
 
-        return Callback()
+                    for pg in release_orphan_placement_groups():
+                        progress(f"    released placement group {pg[:12]} of a stopped trial")
+
+        cb = Callback()
+        cb.last_sweep = time.monotonic()
+        return cb
 
 
 def run_search_stage(stage: Stage, store: ArtifactStore, resources: Resources, storage_path: str,
