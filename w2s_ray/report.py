@@ -60,7 +60,11 @@ def _ordered_models(cells: pd.DataFrame) -> list[str]:
 
 
 def _save(fig, path: Path) -> Path:  # noqa: ANN001
-    fig.tight_layout()
+    import warnings
+
+    with warnings.catch_warnings():  # many panels: matplotlib warns it cannot shrink margins further
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     _pyplot().close(fig)
     return path
