@@ -43,7 +43,7 @@ def run(plan, out: Path) -> tuple[float, int, int]:
     shutil.rmtree(out, ignore_errors=True)
     store = ArtifactStore(str(out / "store"))
     t0 = time.perf_counter()
-    execute(plan, store, Resources(), str(out / "ray"), progress=lambda _: None)
+    execute(plan, store, Resources(), str((out / "ray").resolve()), progress=lambda _: None)
     seconds = time.perf_counter() - t0
     ledger = [e["key"] for e in store.ledger()]
     return seconds, sum(k.startswith("train-") for k in ledger), len(ledger)

@@ -33,7 +33,7 @@ def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict]:
     store = ArtifactStore(str(out / "store"))
     lines: list[str] = []
     t0 = time.perf_counter()
-    report = execute(plan, store, Resources(), str(out / "ray"), progress=lines.append)
+    report = execute(plan, store, Resources(), str((out / "ray").resolve()), progress=lines.append)
     total = time.perf_counter() - t0
     by_role = {}
     for key, seconds in report.ran.items():

@@ -39,7 +39,7 @@ def main() -> None:
     threads = os.cpu_count() or 1
     resources = Resources(worker_cpus=1.0)
     ensure_ray(resources)
-    engine = fit_train_stage(ceiling, store, resources, str(out / "ray"), torch_threads=threads)
+    engine = fit_train_stage(ceiling, store, resources, str((out / "ray").resolve()), torch_threads=threads)
     engine_sps = [h["samples_per_s"] for h in engine["history"]]
     B = pd.read_parquet(store.local_dir(data.key) / "B.parquet")
     _, _, bare_sps = bare_train(ceiling.params, B, "label", threads)

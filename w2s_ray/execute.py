@@ -227,6 +227,8 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
     from w2s_ray.data import build_data_artifact, resolve_dataset
     from w2s_ray.config import SplitConfig
 
+    if "://" not in storage_path:  # Tune and Train need an absolute path (or a URI)
+        storage_path = str(Path(storage_path).expanduser().resolve())
     report = ExecutionReport()
     layers = plan.layers()
     total = len(plan.stages)

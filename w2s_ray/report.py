@@ -157,7 +157,7 @@ def plot_pgr_vs_alpha(trials: pd.DataFrame, cells: pd.DataFrame, out: Path) -> P
                       & (cells["method"] == "fixed")]
         for r in fixed.groupby(fixed.apply(loss_label, axis=1))["pgr"].mean().items():
             ax.axhline(r[1], ls="--", lw=1, color="gray")
-            ax.text(0.01, r[1], f" {r[0]}", fontsize=7, va="bottom")
+            ax.text(0.01, r[1], f" {r[0]}", fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
         ax.set_xlabel("alpha_max")
         ax.set_ylabel("test PGR (measured after selection)")
         ax.set_title(f"{dataset}: {weak} → {strong}", fontsize=10)

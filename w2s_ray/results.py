@@ -137,7 +137,9 @@ def trial_rows(store: ArtifactStore, cell: Cell, row: dict[str, Any]) -> list[di
     out = []
     for t in read_trials(store, cell.student).to_dict("records"):
         acc = None
-        if isinstance(t["test_key"], str):  # None (or NaN from parquet): stopped early, never predicted
+        finished = isinstance(t["test_key"], str)  # None (or NaN from parquet): stopped early, never predicted
+        t["stopped_early"] = bool(t["stopped_early"]) and not finished
+        if finished:
             preds = test.merge(read_predictions(store, t["test_key"])[["id", "p1"]], on="id", validate="one_to_one")
             acc = metrics.accuracy(preds["label"].to_numpy(), preds["p1"].to_numpy())
         value = metrics.pgr(row["weak_acc"], acc, row["ceiling_acc"]).value if acc is not None else None

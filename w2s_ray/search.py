@@ -203,12 +203,14 @@ def _trial_table(stage: Stage, store: ArtifactStore, grid: Any) -> pd.DataFrame:
         trial = trial_stage_of(stage, config)
         history = result.metrics_dataframe
         objective = float(history["objective"].max()) if history is not None and "objective" in history else None
-        epochs = int(history["epoch"].max()) if history is not None and "epoch" in history else 0
+        committed = store.exists(trial.key)  # a committed trial trained every epoch (it kept its best one)
+        epochs = stage.params["train"]["epochs"] if committed else (
+            int(history["epoch"].max()) if history is not None and "epoch" in history else 0)
         rows.append({
             "trial_index": i, "trial_key": trial.key, "trial_name": trial.name,
             "alpha_max": trial.params["loss"]["alpha_max"], "warmup_frac": trial.params["loss"]["warmup_frac"],
             "lr": trial.params["train"]["lr"], "objective": objective, "epochs_run": epochs,
-            "stopped_early": epochs < stage.params["train"]["epochs"], "committed": store.exists(trial.key),
+            "stopped_early": not committed and result.error is None, "committed": committed,
             "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
         })
     return pd.DataFrame(rows)
