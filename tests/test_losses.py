@@ -103,3 +103,68 @@ def test_product_target_is_detached_and_normalised():
     target = joint / joint.sum(-1, keepdim=True)
     expected = (torch.softmax(logits.detach(), -1) - target) / 16
     assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
+# -- follow-up losses ---------------------------------------------------------------------------
+
+from w2s_ray.losses import ThresholdBuffer, entropy, kl  # noqa: E402
+
+
+def _grad(fn, logits, weak, ctx=LossContext()):
+    z = logits.clone().requires_grad_(True)
+    fn(z, weak, ctx).backward()
+    return z.grad
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 64), st.integers(0, 10_000))
+def test_kl_is_non_negative_and_has_the_xent_gradient(n, seed):
+    logits, weak = _batch(n, seed)
+    assert float(kl(logits, weak, LossContext())) >= -1e-5
+    assert torch.allclose(_grad(kl, logits, weak), _grad(xent, logits, weak), atol=1e-6)
+
+
+def test_kl_is_zero_when_the_student_matches_the_weak_labels():
+    weak = torch.tensor([0.1, 0.7, 0.5, 0.99])
+    logits = torch.log(soft_targets(weak))
+    assert abs(float(kl(logits, weak, LossContext()))) < 1e-5
+
+
+def test_entropy_with_alpha_zero_equals_xent_and_alpha_one_is_the_students_entropy():
+    logits, weak = _batch(32, seed=3)
+    assert torch.allclose(entropy(logits, weak, LossContext(alpha=0.0)), xent(logits, weak, LossContext()))
+    p = torch.softmax(logits, -1)
+    own = -(p * p.log()).sum(-1).mean()
+    assert torch.allclose(entropy(logits, weak, LossContext(alpha=1.0)), own, atol=1e-6)
+
+
+def test_entropy_term_pushes_towards_confidence():
+    """Its gradient moves every logit margin away from 0 (a soft self-label with stop-gradient would not move it)."""
+    logits = torch.tensor([[0.3, -0.2], [-0.4, 0.1]])
+    g = _grad(entropy, logits, torch.tensor([0.5, 0.5]), LossContext(alpha=1.0))
+    margin = logits[:, 1] - logits[:, 0]
+    step = -(g[:, 1] - g[:, 0])  # gradient descent's change of the margin
+    assert torch.all(torch.sign(step) == torch.sign(margin))
+    stopped = _grad(lambda z, t, c: cross_entropy(z, torch.softmax(z.detach(), -1)), logits, torch.zeros(2))
+    assert torch.allclose(stopped, torch.zeros_like(stopped), atol=1e-7)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 8), st.integers(8, 64), st.integers(0, 10_000))
+def test_threshold_buffer_balances_over_the_buffer_and_keeps_its_size(batch, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    buffer = ThresholdBuffer(size)
+    for _ in range(20):
+        p1, weak = torch.rand(batch, generator=g), (torch.rand(batch, generator=g) > 0.3).float()
+        threshold, pos_frac = buffer.update(p1, weak)
+    assert len(buffer.p1) == len(buffer.targets) == min(size, 20 * batch)
+    recent = torch.tensor(list(buffer.p1))
+    assert pos_frac == sum(buffer.targets) / len(buffer.targets)
+    assert abs(float((recent > threshold).float().mean()) - pos_frac) <= 1.0 / len(recent) + 1e-9
+
+
+def test_threshold_buffer_rejects_a_bad_size():
+    import pytest
+
+    with pytest.raises(ValueError, match="buffer"):
+        ThresholdBuffer(0)

@@ -145,7 +145,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     dataset_name = resolve_dataset(cfg.dataset).name  # a data file's stem, never its path
     name = f"{dataset_name}_{Path(cfg.weak).name}_to_{Path(cfg.strong).name}_{cfg.loss.name}"
-    if cfg.loss.name == "logconf":
+    if cfg.loss.uses_alpha:
         name += f"-a{cfg.loss.alpha_max:g}-w{cfg.loss.warmup_frac:g}"
     out = Path(a.out)
     results_dir = Path(a.results_dir) if a.results_dir else out / "results" / f"{name}_seed{cfg.split.seed}"

@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-LossName = Literal["xent", "logconf", "product"]
-LOSS_NAMES: tuple[str, ...] = ("xent", "logconf", "product")
+LossName = Literal["xent", "logconf", "product", "kl", "entropy"]
+LOSS_NAMES: tuple[str, ...] = ("xent", "logconf", "product", "kl", "entropy")
+ALPHA_LOSSES: tuple[str, ...] = ("logconf", "entropy")  # losses with a confidence term ramped to alpha_max
 
 
 class ConfigError(ValueError):
@@ -38,27 +39,47 @@ def _check_positive(path: str, value: int) -> None:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The student's loss. ``alpha_max``/``warmup_frac`` only matter for logconf."""
+    """The student's loss. ``alpha_max``/``warmup_frac`` only matter for logconf and entropy.
+
+    ``threshold_buffer`` (logconf only): harden against a threshold over the
+    last N rows' predictions instead of the optimizer batch's (tiny batches).
+    """
 
     name: str = "xent"
     alpha_max: float = 0.5
     warmup_frac: float = 0.2
+    threshold_buffer: int = 0
 
     def __post_init__(self) -> None:
         if self.name not in LOSS_NAMES:
             raise ConfigError("loss", f"unknown loss {self.name!r}; allowed: {', '.join(LOSS_NAMES)}")
         _check_range("alpha_max", self.alpha_max, 0.0, 1.0)
         _check_range("warmup_frac", self.warmup_frac, 0.0, 1.0)
+        if isinstance(self.threshold_buffer, bool) or not isinstance(self.threshold_buffer, int) \
+                or self.threshold_buffer < 0:
+            raise ConfigError("threshold_buffer", f"{self.threshold_buffer!r} must be a non-negative integer")
+        if self.threshold_buffer and self.name != "logconf":
+            raise ConfigError("threshold_buffer", f"only logconf hardens against a threshold, not {self.name}")
+
+    @property
+    def uses_alpha(self) -> bool:
+        return self.name in ALPHA_LOSSES
 
     def effective(self) -> dict[str, Any]:
         """Only the fields that change training, so xent keys ignore alpha."""
-        if self.name == "logconf":
-            return {"name": self.name, "alpha_max": self.alpha_max, "warmup_frac": self.warmup_frac}
-        return {"name": self.name}
+        if not self.uses_alpha:
+            return {"name": self.name}
+        out: dict[str, Any] = {"name": self.name, "alpha_max": self.alpha_max, "warmup_frac": self.warmup_frac}
+        if self.threshold_buffer:
+            out["threshold_buffer"] = self.threshold_buffer
+        return out
 
     @property
     def label(self) -> str:
-        return f"logconf(a={self.alpha_max:g})" if self.name == "logconf" else self.name
+        if not self.uses_alpha:
+            return self.name
+        buffer = f",buf={self.threshold_buffer}" if self.threshold_buffer else ""
+        return f"{self.name}(a={self.alpha_max:g}{buffer})"
 
 
 @dataclass(frozen=True)
@@ -217,6 +238,22 @@ class ExperimentConfig:
     train: TrainOverrides = field(default_factory=TrainOverrides)
     model_train: tuple[tuple[str, TrainOverrides], ...] = ()  # per-model overrides, on top of ``train``
     search: SearchConfig | None = None  # set: the student's logconf knobs are searched, not fixed
+    chain: tuple[str, ...] = ()  # bootstrapping: models between weak and strong, each taught by the one before
+    bootstrap_slices: int = 0  # disjoint slices of half B for the chain's steps; 0: one per step
+
+    def __post_init__(self) -> None:
+        if self.chain and self.search is not None:
+            raise ConfigError("bootstrap", "a bootstrapping chain and an alpha search cannot share a cell")
+        steps = len(self.chain) + 1
+        if self.chain and self.bootstrap_slices and self.bootstrap_slices < steps:
+            raise ConfigError("bootstrap.slices", f"{self.bootstrap_slices} slices cannot feed {steps} steps")
+
+    @property
+    def method(self) -> str:
+        """fixed (the loss is given), search:<objective>, or bootstrap."""
+        if self.chain:
+            return "bootstrap"
+        return f"search:{self.search.objective}" if self.search is not None else "fixed"
 
     def overrides_for(self, model: str) -> TrainOverrides:
         """``train`` with the model's own overrides on top (None never overrides)."""

@@ -410,6 +410,15 @@ def registry_rows() -> list[dict[str, Any]]:
              "size": s.size, "max_len": s.max_len, "description": s.description} for s in REGISTRY.values()]
 
 
+def bootstrap_slice(group: str, count: int) -> int:
+    """Which of ``count`` disjoint slices of half B a row belongs to (by its group, so questions stay whole).
+
+    A bootstrapping chain trains its step j on slice j-1, labelled by step j-1:
+    no model ever labels rows it was trained on.
+    """
+    return unit_hash("bootstrap-slice", group) % count
+
+
 def build_data_artifact(spec: DatasetSpec, split: SplitConfig, out: Path) -> dict[str, Any]:
     """Write ``A.parquet``, ``B.parquet``, ``test.parquet`` into ``out``; → manifest meta."""
     parts = split_rows(load_rows(spec), split, spec.name)

@@ -57,6 +57,12 @@ class Predictor:
             logits = self.model(**encode(self.tokenizer, texts, self.max_len, self.device))
             return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
 
+def _keep_slice(batch: "Any", index: int, count: int) -> "Any":
+    from w2s_ray.data import bootstrap_slice
+
+    return batch[[bootstrap_slice(g, count) == index for g in batch["group"]]]
+
+
 def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None = None,
                     use_gpu: bool = False) -> dict[str, Any]:
     """Label (split B) or predict (test) with the stage's model; commit the parquet."""
@@ -66,7 +72,11 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
     source = store.data_uri(stage.inputs["data"], f"{split}.parquet")
     keep_text = split in ("B", "val")  # weak labels are training / selection rows
     t0 = time.perf_counter()
-    ds = ray.data.read_parquet(source).select_columns(["id", "text"])
+    ds = ray.data.read_parquet(source)
+    if "slice" in stage.params:  # a bootstrapping step labels only its own slice of B
+        index, count = stage.params["slice"]
+        ds = ds.map_batches(_keep_slice, fn_kwargs={"index": index, "count": count}, batch_format="pandas")
+    ds = ds.select_columns(["id", "text"])
     out = ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"store_uri": store.uri, "model_key": stage.inputs["model"],

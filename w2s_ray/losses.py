@@ -13,10 +13,18 @@ The confidence loss (Burns et al. 2023, eq. 1)::
 class balance equals the weak labels' balance *over the optimizer batch*,
 and ``a_t`` ramps linearly from 0 to ``alpha_max`` over ``warmup_frac`` of the
 steps (the reference code jumped from 0.05 to 0.5; this ramp has no jump).
+
+Follow-up losses: ``kl`` (KL(weak ‖ student): xent minus the weak labels'
+entropy, same gradient, a loss value that reaches 0), ``entropy`` (the
+confidence term with soft self-labels: ``(1 - a_t)·CE(f, f_w) + a_t·H(f)``;
+with a stop-gradient soft self-target the term's gradient would be exactly
+zero, so the entropy keeps its gradient) and, for tiny batches, a hardening
+threshold over a buffer of recent predictions (:class:`ThresholdBuffer`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -103,10 +111,47 @@ def product(logits: torch.Tensor, target_p1: torch.Tensor, ctx: LossContext) -> 
     return cross_entropy(logits, target)
 
 
+def kl(logits: torch.Tensor, target_p1: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+    """KL(weak ‖ student): xent less the targets' entropy (0 when the student matches them)."""
+    target = soft_targets(target_p1)
+    own_entropy = -(target * target.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    return cross_entropy(logits, target) - own_entropy
+
+
+def entropy(logits: torch.Tensor, target_p1: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+    """(1 - a)·CE(f, f_w) + a·H(f): confidence through the student's soft self-labels."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    own = -(log_p.exp() * log_p).sum(dim=-1).mean()
+    return (1.0 - ctx.alpha) * cross_entropy(logits, soft_targets(target_p1)) + ctx.alpha * own
+
+
+class ThresholdBuffer:
+    """The last ``size`` student predictions and weak targets, for a hardening threshold on tiny batches.
+
+    With a handful of rows per optimizer batch, matching the weak labels'
+    class balance within the batch is noise; over a buffer of recent rows
+    (the current batch included) the threshold and the balance are stable.
+    """
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"threshold buffer size must be >= 1, got {size}")
+        self.p1: deque[float] = deque(maxlen=size)
+        self.targets: deque[float] = deque(maxlen=size)
+
+    def update(self, p1: torch.Tensor, target_p1: torch.Tensor) -> tuple[float, float]:
+        """Add a batch; → (threshold, pos_frac) over the buffer."""
+        self.p1.extend(p1.detach().float().flatten().tolist())
+        self.targets.extend(target_p1.detach().float().flatten().tolist())
+        pos_frac = sum(self.targets) / len(self.targets)
+        return balance_threshold(torch.tensor(list(self.p1)), pos_frac), pos_frac
+
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, LossContext], torch.Tensor]
 
-LOSSES: dict[str, LossFn] = {"xent": xent, "logconf": logconf, "product": product}
+LOSSES: dict[str, LossFn] = {"xent": xent, "logconf": logconf, "product": product, "kl": kl, "entropy": entropy}
 NEEDS_BATCH_THRESHOLD: frozenset[str] = frozenset({"logconf"})
+USES_ALPHA: frozenset[str] = frozenset({"logconf", "entropy"})
 
 
 def get_loss(name: str) -> LossFn:

@@ -84,15 +84,22 @@ def train_stage(
     }
     inputs = {"data": data.key} | ({"labels": labels.key} if labels is not None else {})
     source = "GT" if labels is None else f"labels of {teacher or 'weak'}"
-    return _stage("train", f"{role} {model.name} on {split} ({source}, {loss.label})", params, inputs, role)
+    part = labels.params.get("slice") if labels is not None else None
+    where = f"{split} slice {part[0] + 1}/{part[1]}" if part else split
+    return _stage("train", f"{role} {model.name} on {where} ({source}, {loss.label})", params, inputs, role)
 
 
 INFER_ROLES = {"B": ("weak labels", "labels"), "val": ("validation weak labels", "val labels")}
 
 
-def infer_stage(role: str, model: Stage, data: Stage | str, split: str) -> Stage:
+def infer_stage(role: str, model: Stage, data: Stage | str, split: str,
+                part: tuple[int, int] | None = None) -> Stage:
+    """P(class 1) of ``model`` on ``split``; ``part = (i, n)`` keeps only slice i of n (bootstrapping)."""
     params = {"split": split, "max_len": model.params["train"]["max_len"]}
     what, stage_role = INFER_ROLES.get(split, (f"predict {split}", f"{role} predictions"))
+    if part is not None:
+        params["slice"] = list(part)
+        what = f"{what} (slice {part[0] + 1}/{part[1]})"
     data_key = data if isinstance(data, str) else data.key
     return _stage("infer", f"{what} of {role} {model.params['model']['name']}", params,
                   {"model": model.key, "data": data_key}, stage_role)
@@ -184,7 +191,7 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     strong_train = train_config(strong_model, ds, cfg.overrides_for(cfg.strong), seed)
     weak_train = train_config(weak_model, ds, cfg.overrides_for(cfg.weak), seed)
     weak = plan.add(train_stage("weak", weak_model, weak_train, GT_LOSS, data, "A"))
-    labels = plan.add(infer_stage("weak", weak, data, "B"))
+    labels = None if cfg.chain else plan.add(infer_stage("weak", weak, data, "B"))
     ceiling = plan.add(train_stage("ceiling", strong_model, strong_train, GT_LOSS, data, "B"))
     if cfg.search is not None:
         if not cfg.split.n_val:
@@ -192,6 +199,8 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
         val_labels = plan.add(infer_stage("weak", weak, data, "val"))
         student = plan.add(search_stage(strong_model, strong_train, cfg.search, data, labels, val_labels,
                                         weak_model.name))
+    elif cfg.chain:
+        labels, student = _plan_chain(plan, cfg, ds, weak, weak_model, strong_model, strong_train, data)
     else:
         student = plan.add(train_stage("student", strong_model, strong_train, cfg.loss, data, "B", labels,
                                        weak_model.name))
@@ -202,6 +211,28 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     plan.cells.append(Cell(cfg, data.key, weak.key, labels.key, tests[0].key, ceiling.key, tests[1].key,
                            student.key, student_test))
     return plan
+
+
+def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage, weak_model: ModelSpec,
+                strong_model: ModelSpec, strong_train: TrainConfig, data: Stage) -> tuple[Stage, Stage]:
+    """Bootstrapping: weak → chain[0] → … → strong, step j trained on slice j-1 of B as labelled by step j-1.
+
+    Every step is an ordinary keyed stage, so chains that share a prefix (and
+    the same slicing) share its stages. → (first labels, last student).
+    """
+    mids = [resolve_model(m, f"chain[{i}]") for i, m in enumerate(cfg.chain)]
+    models = [*mids, strong_model]
+    slices = cfg.bootstrap_slices or len(models)
+    teacher, teacher_model, first = weak, weak_model, None
+    for j, model in enumerate(models):
+        labels = plan.add(infer_stage("weak" if j == 0 else "bootstrap", teacher, data, "B", (j, slices)))
+        first = first or labels
+        last = j == len(models) - 1
+        train = strong_train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)
+        teacher = plan.add(train_stage("student" if last else "bootstrap", model, train, cfg.loss, data, "B",
+                                       labels, teacher_model.name))
+        teacher_model = model
+    return first, teacher
 
 
 def plan_experiments(configs: list[ExperimentConfig], share: bool = True) -> Plan:
@@ -258,13 +289,15 @@ def describe_plan(spec: Any, plan: Plan) -> str:
     """``w2s-ray plan``: the unique stages per role, what each training asks for, and the cells."""
     r = spec.resources
     counts = plan.role_counts()
-    trainings = sum(v for k, v in counts.items() if k in ("weak", "ceiling", "student"))
+    trainings = sum(v for k, v in counts.items() if k in ("weak", "ceiling", "student", "bootstrap"))
     searches = [s for s in plan.stages.values() if s.kind == "search"]
     budget = sum(s.params["search"]["num_samples"] for s in searches)
     variants = len(spec.loss_configs()) + (len(spec.search.objectives) if spec.search else 0)
     lines = [
         f"sweep {spec.name}: {len(spec.datasets)} dataset(s) x {len(spec.seeds)} seed(s) x "
-        f"{len(spec.pair_list())} pair(s) x {variants} loss variant(s) = {len(plan.cells)} cells",
+        f"{len(spec.pair_list())} pair(s) x {variants} loss variant(s)"
+        + (f" + {len(spec.chain_list())} bootstrap chain(s) x {len(spec.loss_configs())} loss(es)"
+           if spec.chain_list() else "") + f" = {len(plan.cells)} cells",
         "unique stages: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
         f"trainings: {trainings}" + (f" + up to {budget} search trial(s) in {len(searches)} search(es)"
                                      if searches else "")
@@ -282,5 +315,7 @@ def describe_plan(spec: Any, plan: Plan) -> str:
     lines += ["", "cells (dataset, seed, weak -> strong, loss):"]
     for i, c in enumerate(plan.cells, 1):
         cfg = c.config
-        lines.append(f"  {i:3}. {cfg.dataset} seed {cfg.split.seed}: {cfg.weak} -> {cfg.strong}, {cfg.loss.label}")
+        via = "".join(f" -> {m}" for m in cfg.chain)
+        lines.append(f"  {i:3}. {cfg.dataset} seed {cfg.split.seed}: {cfg.weak}{via} -> {cfg.strong}, {cfg.loss.label}"
+                     + (" (bootstrap)" if cfg.chain else ""))
     return "\n".join(lines)

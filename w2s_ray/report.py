@@ -26,9 +26,9 @@ def loss_label(row: dict[str, Any] | pd.Series) -> str:
     method = row.get("method", "fixed")
     if isinstance(method, str) and method.startswith("search"):
         return f"logconf, alpha searched ({method.split(':')[1]} objective)"
-    if row["loss"] == "logconf":
-        return f"logconf a={row['alpha_max']:g} w={row['warmup_frac']:g}"
-    return str(row["loss"])
+    loss = (f"{row['loss']} a={row['alpha_max']:g} w={row['warmup_frac']:g}" if row["loss"] in ("logconf", "entropy")
+            else str(row["loss"]))
+    return f"bootstrap ({loss})" if method == "bootstrap" else loss
 
 
 def model_size(name: str) -> float:
@@ -166,6 +166,25 @@ def plot_pgr_vs_alpha(trials: pd.DataFrame, cells: pd.DataFrame, out: Path) -> P
     return _save(fig, out / "pgr_vs_alpha.png")
 
 
+def plot_agreement(agg: pd.DataFrame, out: Path) -> Path:
+    """Student-weak agreement where the weak label is right vs wrong, per pair and loss (paper §5)."""
+    plt = _pyplot()
+    agg = agg.assign(variant=agg["weak"] + " → " + agg["strong"] + "\n" + agg.apply(loss_label, axis=1))
+    labels = list(dict.fromkeys(agg["variant"]))
+    g = agg.groupby("variant", sort=False)[["agreement_weak_right_mean", "agreement_weak_wrong_mean"]].mean()
+    g = g.reindex(labels).astype(float)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4))
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], g["agreement_weak_right_mean"].fillna(0), 0.4, label="weak label right")
+    ax.bar([x + 0.2 for x in xs], g["agreement_weak_wrong_mean"].fillna(0), 0.4, label="weak label wrong")
+    ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("student-weak agreement (GT test)")
+    ax.set_title("Does the student imitate its supervisor's mistakes?")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "agreement.png")
+
+
 def _markdown_table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -212,6 +231,11 @@ def write_report(results_dir: Path) -> dict[str, Path]:
         "pgr_by_loss": plot_pgr_by_loss(agg, results_dir),
     }
     text = summary_markdown(cells, agg)
+    if "agreement_weak_wrong_mean" in agg and agg["agreement_weak_wrong_mean"].notna().any():
+        paths["agreement"] = plot_agreement(agg, results_dir)
+        text += ("\n## Agreement with the supervisor, by whether its label was right\n\nLow agreement where "
+                 "the weak label is wrong means the student did not learn its supervisor's errors.\n\n"
+                 "![agreement](agreement.png)\n")
     trials_path = results_dir / "trials.parquet"
     if trials_path.is_file():
         paths["pgr_vs_alpha"] = plot_pgr_vs_alpha(pd.read_parquet(trials_path), cells, results_dir)

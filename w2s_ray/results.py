@@ -49,15 +49,31 @@ def _method_fields(store: ArtifactStore, cell: Cell) -> dict[str, Any]:
     """How the student's loss knobs were chosen: fixed in the spec, or searched (and on what)."""
     cfg = cell.config
     if cfg.search is None:
-        return {"method": "fixed", "selection": None,
-                "alpha_max": cfg.loss.alpha_max if cfg.loss.name == "logconf" else None,
-                "warmup_frac": cfg.loss.warmup_frac if cfg.loss.name == "logconf" else None}
+        return {"method": cfg.method, "selection": None,
+                "chain": " -> ".join((cfg.weak, *cfg.chain, cfg.strong)) if cfg.chain else None,
+                "alpha_max": cfg.loss.alpha_max if cfg.loss.uses_alpha else None,
+                "warmup_frac": cfg.loss.warmup_frac if cfg.loss.uses_alpha else None}
     best = store.manifest(cell.student, verify=False).meta["best"]
     return {"method": f"search:{cfg.search.objective}",
             "selection": "ORACLE (GT validation labels)" if cfg.search.objective == "oracle" else "weak labels only",
             "alpha_max": None, "warmup_frac": None,
             "best_alpha_max": best["alpha_max"], "best_warmup_frac": best["warmup_frac"], "best_lr": best["lr"],
             "best_val_objective": best["objective"]}
+
+
+def agreement_by_weak_correctness(y: np.ndarray, p_weak: np.ndarray, p_student: np.ndarray) -> dict[str, Any]:
+    """Student-weak agreement where the weak label is right and where it is wrong (paper §5).
+
+    A student that imitates its supervisor agrees on both; one that
+    generalises beyond it agrees where the weak model is right and disagrees
+    (i.e. is right) where it is wrong. NaN where a group is empty.
+    """
+    right = (p_weak > 0.5) == (y > 0.5)
+    out: dict[str, Any] = {}
+    for name, mask in (("weak_right", right), ("weak_wrong", ~right)):
+        out[f"agreement_{name}"] = metrics.agreement(p_student[mask], p_weak[mask]) if mask.any() else math.nan
+        out[f"n_{name}"] = int(mask.sum())
+    return out
 
 
 def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, Any]:
@@ -77,6 +93,7 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
         row[f"{role}_acc_se"] = metrics.accuracy_stderr(acc, len(y))
         row[f"{role}_auroc"] = metrics.auroc(y, p)
     row["agreement"] = metrics.agreement(frame["p_student"], frame["p_weak"])
+    row.update(agreement_by_weak_correctness(y, frame["p_weak"].to_numpy(), frame["p_student"].to_numpy()))
     result = metrics.pgr(row["weak_acc"], row["student_acc"], row["ceiling_acc"])
     row["pgr"] = result.value
     row["pgr_note"] = result.reason
@@ -92,7 +109,7 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
     return row
 
 
-GROUP = ["dataset", "weak", "strong", "loss", "method", "alpha_max", "warmup_frac"]
+GROUP = ["dataset", "weak", "strong", "loss", "method", "alpha_max", "warmup_frac"]  # + chain, when present
 
 
 def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -103,11 +120,13 @@ def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> 
     """
     frame = pd.DataFrame(rows)
     out = []
-    for key, g in frame.groupby(GROUP, dropna=False, sort=False):
-        row = dict(zip(GROUP, key))
+    group = GROUP + (["chain"] if "chain" in frame else [])  # two chains between one pair stay apart
+    for key, g in frame.groupby(group, dropna=False, sort=False):
+        row = dict(zip(group, key))
         row["n_seeds"] = len(g)
-        for col in ("weak_acc", "student_acc", "ceiling_acc", "agreement"):
-            row[f"{col}_mean"] = float(g[col].mean())
+        for col in ("weak_acc", "student_acc", "ceiling_acc", "agreement", "agreement_weak_right",
+                    "agreement_weak_wrong"):
+            row[f"{col}_mean"] = float(g[col].mean()) if col in g else None  # older tables lack the split
         pgrs = g["pgr"].dropna().to_numpy(dtype=float)
         row["pgr_defined"] = len(pgrs)
         row["pgr_mean"] = float(pgrs.mean()) if len(pgrs) else None
@@ -200,7 +219,9 @@ def short_loss(r: dict[str, Any]) -> str:
     """xent, logconf(a=0.5), or search:weak(a=0.31) for a searched student."""
     if str(r.get("method", "fixed")).startswith("search"):
         return f"{r['method']}(a={r['best_alpha_max']:.2f})"
-    return f"logconf(a={r['alpha_max']:g})" if r["loss"] == "logconf" else r["loss"]
+    if r.get("method") == "bootstrap":
+        return "boot:" + (f"{r['loss']}(a={r['alpha_max']:g})" if _present(r.get("alpha_max")) else r["loss"])
+    return f"{r['loss']}(a={r['alpha_max']:g})" if _present(r.get("alpha_max")) else r["loss"]
 
 
 def format_grid(frame: pd.DataFrame) -> str:

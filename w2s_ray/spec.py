@@ -22,6 +22,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from w2s_ray.config import (
+    ALPHA_LOSSES,
     LOSS_NAMES,
     ConfigError,
     ExperimentConfig,
@@ -66,6 +67,42 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class BootstrapSpec:
+    """Bootstrapping chains (paper §4.3.1), run next to the direct students with the same losses.
+
+    ``steps``: for every pair, a chain of that many steps through models of
+    the ladder between weak and strong (evenly spaced; pairs with too few
+    models between them get none). ``chains``: explicit chains, weak first.
+    ``slices``: how many disjoint slices half B is cut into for the steps
+    (step j trains on slice j); 0 = the longest chain's step count, so every
+    chain of the sweep uses the same slices and chains sharing a prefix share
+    its stages.
+    """
+
+    steps: int | None = None
+    chains: list[list[str]] | None = None
+    slices: int = 0
+
+    def chain_list(self, ladder: list[str], pairs: list[tuple[str, str]]) -> list[list[str]]:
+        """Every chain, weak first and strong last."""
+        if self.chains is not None:
+            return [list(c) for c in self.chains]
+        out = []
+        for weak, strong in pairs:
+            i, j = ladder.index(weak), ladder.index(strong)
+            between = ladder[i + 1:j]
+            need = (self.steps or 0) - 1
+            if need < 1 or len(between) < need:
+                continue
+            picks = [between[round(k * (len(between) + 1) / (need + 1)) - 1] for k in range(1, need + 1)]
+            out.append([weak, *picks, strong])
+        return out
+
+    def slice_count(self, chains: list[list[str]]) -> int:
+        return self.slices or max((len(c) - 1 for c in chains), default=0)
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """Hyperparameter overrides; None keeps the model registry's default."""
 
@@ -102,12 +139,14 @@ class SweepSpec:
     losses: list[str] = field(default_factory=lambda: ["xent"])
     alpha_max: list[float] = field(default_factory=lambda: [0.5])
     warmup_frac: list[float] = field(default_factory=lambda: [0.2])
+    threshold_buffer: int = 0  # logconf: harden over the last N rows' predictions (tiny batches); 0: per batch
     seeds: list[int] = field(default_factory=lambda: [0])
     split: SplitSpec = field(default_factory=SplitSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     model_train: dict[str, TrainSpec] = field(default_factory=dict)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     search: SearchSpec | None = None
+    bootstrap: BootstrapSpec | None = None
     description: str = ""
 
     def pair_list(self) -> list[tuple[str, str]]:
@@ -122,8 +161,9 @@ class SweepSpec:
         """xent / product once; logconf once per (alpha_max, warmup_frac)."""
         out: list[LossConfig] = []
         for name in self.losses:
-            if name == "logconf":
-                out += [LossConfig(name, a, w) for a, w in itertools.product(self.alpha_max, self.warmup_frac)]
+            if name in ALPHA_LOSSES:
+                buffer = self.threshold_buffer if name == "logconf" else 0
+                out += [LossConfig(name, a, w, buffer) for a, w in itertools.product(self.alpha_max, self.warmup_frac)]
             else:
                 out.append(LossConfig(name))
         return out
@@ -134,15 +174,27 @@ class SweepSpec:
         variants: list[tuple[LossConfig, SearchConfig | None]] = [(loss, None) for loss in self.loss_configs()]
         if self.search is not None:
             variants += [(LossConfig("logconf"), search) for search in self.search.configs()]
-        return [
-            ExperimentConfig(
-                dataset=ds, weak=weak, strong=strong, loss=loss,
-                split=SplitConfig(seed, self.split.n_weak, self.split.n_strong, self.split.n_test, self.split.n_val),
-                train=self.train.overrides(), model_train=model_train, search=search,
-            )
+        chains = self.chain_list()
+        slices = self.bootstrap.slice_count(chains) if self.bootstrap is not None else 0
+        common = dict(train=self.train.overrides(), model_train=model_train)
+        direct = [
+            ExperimentConfig(dataset=ds, weak=weak, strong=strong, loss=loss, split=self._split(seed),
+                             search=search, **common)
             for ds, seed, (weak, strong), (loss, search) in itertools.product(
                 self.datasets, self.seeds, self.pair_list(), variants)
         ]
+        boot = [
+            ExperimentConfig(dataset=ds, weak=chain[0], strong=chain[-1], loss=loss, split=self._split(seed),
+                             chain=tuple(chain[1:-1]), bootstrap_slices=slices, **common)
+            for ds, seed, chain, loss in itertools.product(self.datasets, self.seeds, chains, self.loss_configs())
+        ]
+        return direct + boot
+
+    def chain_list(self) -> list[list[str]]:
+        return self.bootstrap.chain_list(self.models, self.pair_list()) if self.bootstrap is not None else []
+
+    def _split(self, seed: int) -> SplitConfig:
+        return SplitConfig(seed, self.split.n_weak, self.split.n_strong, self.split.n_test, self.split.n_val)
 
 
 # -- strict loading -----------------------------------------------------------------
@@ -276,6 +328,8 @@ def _check_semantics(spec: SweepSpec) -> None:
         raise ConfigError("split.n_val", f"{spec.split.n_val} must be a non-negative integer")
     if spec.search is not None:
         _check_search(spec)
+    if spec.bootstrap is not None:
+        _check_bootstrap(spec)
     if spec.resources.profile == "cluster" and not spec.resources.storage:
         raise ConfigError("resources.storage", "a cluster profile needs shared storage (NFS path, s3:// or gs://)")
 
@@ -293,6 +347,29 @@ def _check_search(spec: SweepSpec) -> None:
         search.configs()
     except ConfigError as e:
         raise ConfigError(f"search.{e.path}", e.message) from None
+
+
+def _check_bootstrap(spec: SweepSpec) -> None:
+    b = spec.bootstrap
+    if (b.steps is None) == (b.chains is None):
+        raise ConfigError("bootstrap", "give either steps (chains through the ladder) or chains (explicit lists)")
+    if b.steps is not None and b.steps < 2:
+        raise ConfigError("bootstrap.steps", f"{b.steps} must be at least 2 (one step is the direct student)")
+    for i, chain in enumerate(b.chains or []):
+        if len(chain) < 3:
+            raise ConfigError(f"bootstrap.chains[{i}]", f"{chain!r} needs weak, at least one middle model, strong")
+        for j, m in enumerate(chain):
+            if m not in spec.models:
+                raise ConfigError(f"bootstrap.chains[{i}][{j}]", f"{m!r} is not in models ({', '.join(spec.models)})")
+        if len(set(chain)) != len(chain):
+            raise ConfigError(f"bootstrap.chains[{i}]", f"{chain!r} repeats a model")
+    chains = spec.chain_list()
+    if not chains:
+        raise ConfigError("bootstrap.steps", f"no pair has {b.steps - 1} model(s) of the ladder between its "
+                                             "weak and strong model")
+    longest = max(len(c) - 1 for c in chains)
+    if b.slices < 0 or (b.slices and b.slices < longest):
+        raise ConfigError("bootstrap.slices", f"{b.slices} cannot feed a chain of {longest} steps")
 
 
 def _prefixed(path: str, fn: Any, *args: Any) -> Any:

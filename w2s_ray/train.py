@@ -23,7 +23,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from w2s_ray.losses import NEEDS_BATCH_THRESHOLD, LossContext, alpha_at, balance_threshold, get_loss
+from w2s_ray.losses import (
+    NEEDS_BATCH_THRESHOLD,
+    LossContext,
+    ThresholdBuffer,
+    alpha_at,
+    balance_threshold,
+    get_loss,
+)
 from w2s_ray.models import Classifier, ModelSpec, load_classifier, load_pretrained, save_classifier
 
 TRAIN_STATE = "train_state.pt"
@@ -63,19 +70,27 @@ def encode(tokenizer: Any, texts: Sequence[str], max_len: int, device: torch.dev
 def optimizer_step(
     model: torch.nn.Module, tokenizer: Any, texts: np.ndarray, targets: torch.Tensor,
     cfg: LoopConfig, progress: float, optimizer: torch.optim.Optimizer, device: torch.device,
+    buffer: ThresholdBuffer | None = None,
 ) -> tuple[float, float]:
-    """One optimizer step over a batch, accumulating over minibatches. → (loss, alpha)."""
+    """One optimizer step over a batch, accumulating over minibatches. → (loss, alpha).
+
+    ``buffer`` (logconf with ``threshold_buffer``): the threshold comes from
+    the recent rows' predictions, this batch's included.
+    """
     loss_fn = get_loss(cfg.loss["name"])
     alpha = alpha_at(progress, cfg.loss.get("alpha_max", 0.0), cfg.loss.get("warmup_frac", 0.0))
     mb, max_len, n = cfg.train["minibatch_size"], cfg.train["max_len"], len(texts)
     chunks = [slice(i, min(i + mb, n)) for i in range(0, n, mb)]
     pos_frac = float(targets.float().mean())
     threshold = None
-    if cfg.loss["name"] in NEEDS_BATCH_THRESHOLD and len(chunks) > 1:
+    if cfg.loss["name"] in NEEDS_BATCH_THRESHOLD and (len(chunks) > 1 or buffer is not None):
         with torch.no_grad():
             p1 = torch.cat([torch.softmax(model(**encode(tokenizer, texts[c], max_len, device)), -1)[:, 1]
                             for c in chunks])
-        threshold = balance_threshold(p1, pos_frac)
+        if buffer is None:
+            threshold = balance_threshold(p1, pos_frac)
+        else:
+            threshold, pos_frac = buffer.update(p1, targets)
     ctx = LossContext(alpha=alpha, threshold=threshold, pos_frac=pos_frac)
     total = 0.0
     for c in chunks:
@@ -217,6 +232,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
     shard = ray.train.get_dataset_shard("train")
+    size = cfg.loss.get("threshold_buffer", 0)
+    buffer = ThresholdBuffer(size) if size else None  # starts empty on resume: it refills within N rows
     model.train()
     for epoch in range(start_epoch, cfg.train["epochs"]):
         t0, losses, seen, alpha = time.perf_counter(), [], 0, 0.0
@@ -228,7 +245,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
             with precision(device):
                 loss, alpha = optimizer_step(model, tokenizer, batch["text"], targets, cfg,
-                                             scheduler.last_epoch / total_steps, optimizer, device)
+                                             scheduler.last_epoch / total_steps, optimizer, device, buffer)
             scheduler.step()
             losses.append(loss)
             seen += len(targets)
@@ -274,7 +291,8 @@ def fit_train_stage(
         path, target = store.data_uri(data_key, f"{split}.parquet"), "label"
     else:  # weak labels: the artifact has id, text, p1 and no GT column at all
         path, target = store.data_uri(stage.inputs["labels"], "data"), "p1"
-    n_rows = store.manifest(data_key).meta["rows"][split]
+    n_rows = (store.manifest(data_key).meta["rows"][split] if params["targets"] == "gt"
+              else store.manifest(stage.inputs["labels"]).meta["rows"])  # a bootstrap step's slice of B
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     datasets = {"train": ray.data.read_parquet(path).select_columns(["text", target])}
     select = params.get("select")
