@@ -83,6 +83,26 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """Linear-probe training on cached features (``finetune: probe``): a head only, so cheap to sweep."""
+
+    lr: float = 1e-2
+    epochs: int = 20
+    batch_size: int = 32
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            _check_positive(name, getattr(self, name))
+        if not (0 < self.lr < 1):
+            raise ConfigError("lr", f"{self.lr!r} is outside (0, 1)")
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+
+
+FINETUNE_MODES: tuple[str, ...] = ("full", "probe")
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     """Sizes of the three disjoint splits and the seed that draws A and B.
 
@@ -240,8 +260,15 @@ class ExperimentConfig:
     search: SearchConfig | None = None  # set: the student's logconf knobs are searched, not fixed
     chain: tuple[str, ...] = ()  # bootstrapping: models between weak and strong, each taught by the one before
     bootstrap_slices: int = 0  # disjoint slices of half B for the chain's steps; 0: one per step
+    finetune: str = "full"  # full: fine-tune every weight; probe: a head on cached frozen features
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
+        if self.finetune not in FINETUNE_MODES:
+            raise ConfigError("finetune", f"{self.finetune!r} is not allowed; allowed: {', '.join(FINETUNE_MODES)}")
+        if self.finetune == "probe" and (self.chain or self.search is not None):
+            raise ConfigError("finetune", "probe mode runs fixed-loss cells; bootstrapping chains and alpha "
+                                          "searches need finetune: full")
         if self.chain and self.search is not None:
             raise ConfigError("bootstrap", "a bootstrapping chain and an alpha search cannot share a cell")
         steps = len(self.chain) + 1

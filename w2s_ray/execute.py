@@ -3,7 +3,9 @@
 * ``data`` stages run in the driver (small pyarrow work);
 * the ``train`` stages of a layer run as one Ray Tune experiment, one function
   trial per stage, each launching a ``TorchTrainer`` (the Train V2 pattern);
-* ``infer`` stages run as Ray Data batch-inference jobs.
+* ``infer`` stages run as Ray Data batch-inference jobs;
+* probe mode: ``features`` stages are Ray Data jobs, ``probe`` / ``probeinfer``
+  stages (a linear head on cached features) run as concurrent Ray tasks.
 
 A stage whose artifact is committed and verifies is never re-run; a plan whose
 stages all exist does not even start Ray. Trials check the store again when
@@ -273,6 +275,24 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
             progress(f"    selected a={b['alpha_max']:g} w={b['warmup_frac']:g} (validation objective "
                      f"{meta['objective']}: {b['objective']:.4f}); {meta['finished']}/{meta['trials']} trials "
                      f"finished ({meta['seconds']:.1f}s)")
+        for s in [s for s in todo if s.kind == "features"]:
+            from w2s_ray.probe import run_features_stage
+
+            meta = run_features_stage(s, store, threads=resources.torch_threads or (os.cpu_count() or 1),
+                                      use_gpu=resources.use_gpu)
+            done += 1
+            report.ran[s.key] = meta["seconds"]
+            progress(f"[{done}/{total}] {s.name}: {sum(meta['rows'].values())} rows cached ({meta['seconds']:.1f}s)")
+        probes = [s for s in todo if s.kind in ("probe", "probeinfer")]
+        if probes:
+            from w2s_ray.probe import run_probe_layer
+
+            t0 = time.perf_counter()
+            for s, meta in zip(probes, run_probe_layer(probes, store.uri)):
+                done += 1
+                report.ran[s.key] = meta["seconds"]
+                progress(f"[{done}/{total}] {s.name}: {meta['rows']} rows ({meta['seconds']:.1f}s)")
+            progress(f"    {len(probes)} probe stage(s) in {time.perf_counter() - t0:.1f}s")
         for s in [s for s in todo if s.kind == "infer"]:
             from w2s_ray.label import run_infer_stage
 

@@ -235,9 +235,13 @@ class Classifier(nn.Module):
         self.head = nn.Linear(backbone.config.hidden_size, 2, bias=False)
         nn.init.zeros_(self.head.weight)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone states (what the head sees; what probe mode caches)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(pool(hidden, attention_mask, self.pooling).float())
+        return pool(hidden, attention_mask, self.pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask).float())
 
 
 def _no_dropout(config: Any) -> None:

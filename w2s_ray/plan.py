@@ -10,6 +10,12 @@ Stage kinds:
   ``train`` : fine-tune a model on GT or weak labels (Ray Train in a Tune trial)
   ``infer`` : a trained model's P(class 1) on a split (Ray Data batch inference);
               on B these are the weak labels, on test the predictions
+
+Probe mode (``finetune: probe``) swaps the last two for:
+  ``features``    : a frozen pretrained backbone's pooled features for every row
+                    of every split (Ray Data batch inference), once per model and data
+  ``probe``       : a linear head trained on cached features (a Ray task)
+  ``probeinfer`` : a head's P(class 1) on a split's features (a Ray task)
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from w2s_ray.config import (
     ConfigError,
     ExperimentConfig,
     LossConfig,
+    ProbeConfig,
     SearchConfig,
     SplitConfig,
     TrainConfig,
@@ -180,9 +187,57 @@ class Plan:
         return counts
 
 
+def features_stage(model: ModelSpec, max_len: int, data: Stage) -> Stage:
+    """Frozen pretrained features of every split: shared by every probe of this model on this data."""
+    params = {"model": model.effective(), "max_len": max_len}
+    return _stage("features", f"features of {model.name}", params, {"data": data.key}, "features")
+
+
+def probe_stage(role: str, model: ModelSpec, probe: ProbeConfig, seed: int, loss: LossConfig, features: Stage,
+                data: Stage, split: str, labels: Stage | None = None, teacher: str = "") -> Stage:
+    """A linear head on ``features`` of ``split``: GT targets if ``labels`` is None, else those weak labels."""
+    params = {"model": model.effective(), "probe": asdict(probe), "seed": seed, "loss": loss.effective(),
+              "split": split, "targets": "gt" if labels is None else "weak"}
+    inputs = {"features": features.key, "data": data.key} | ({"labels": labels.key} if labels else {})
+    source = "GT" if labels is None else f"labels of {teacher or 'weak'}"
+    return _stage("probe", f"{role} probe {model.name} on {split} ({source}, {loss.label})", params, inputs, role)
+
+
+def probe_infer_stage(role: str, head: Stage, features: Stage, split: str) -> Stage:
+    what, stage_role = INFER_ROLES.get(split, (f"predict {split}", f"{role} predictions"))
+    return _stage("probeinfer", f"{what} of {role} probe {head.params['model']['name']}", {"split": split},
+                  {"model": head.key, "features": features.key}, stage_role)
+
+
+def plan_probe_experiment(cfg: ExperimentConfig, plan: Plan) -> Plan:
+    """Probe mode: the same cell (weak → labels → student; ceiling) with heads on cached features."""
+    ds = resolve_dataset(cfg.dataset)
+    weak_model, strong_model = resolve_model(cfg.weak, "weak"), resolve_model(cfg.strong, "strong")
+    seed = cfg.split.seed
+    data = plan.add(data_stage(ds, cfg.split))
+    feats = {}
+    for m in (weak_model, strong_model):
+        max_len = train_config(m, ds, cfg.overrides_for(m.name), seed).max_len
+        feats[m.name] = plan.add(features_stage(m, max_len, data))
+    weak = plan.add(probe_stage("weak", weak_model, cfg.probe, seed, GT_LOSS, feats[weak_model.name], data, "A"))
+    labels = plan.add(probe_infer_stage("weak", weak, feats[weak_model.name], "B"))
+    strong_feats = feats[strong_model.name]
+    ceiling = plan.add(probe_stage("ceiling", strong_model, cfg.probe, seed, GT_LOSS, strong_feats, data, "B"))
+    student = plan.add(probe_stage("student", strong_model, cfg.probe, seed, cfg.loss, strong_feats, data, "B",
+                                   labels, weak_model.name))
+    tests = [plan.add(probe_infer_stage(role, s, f, "test")).key
+             for role, s, f in (("weak", weak, feats[weak_model.name]), ("ceiling", ceiling, strong_feats),
+                                ("student", student, strong_feats))]
+    plan.cells.append(Cell(cfg, data.key, weak.key, labels.key, tests[0], ceiling.key, tests[1], student.key,
+                           tests[2]))
+    return plan
+
+
 def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     """Add one cell's stages (weak → labels → student; ceiling) to ``plan``."""
     plan = plan if plan is not None else Plan()
+    if cfg.finetune == "probe":
+        return plan_probe_experiment(cfg, plan)
     ds = resolve_dataset(cfg.dataset)
     weak_model = resolve_model(cfg.weak, "weak")
     strong_model = resolve_model(cfg.strong, "strong")
@@ -304,9 +359,13 @@ def describe_plan(spec: Any, plan: Plan) -> str:
         + f" (without sharing stages: {naive_trainings([c.config for c in plan.cells])})",
         f"resources: profile {r.profile}, max {r.max_concurrent_trials} concurrent trial(s), "
         f"{r.num_workers} Train worker(s) per trial, storage {r.storage or '(local: --out)'}",
-        "",
-        "trainings (stage, epochs, max_len, per-trial request, key):",
     ]
+    if any(s.kind == "train" for s in plan.stages.values()):
+        lines += ["", "trainings (stage, epochs, max_len, per-trial request, key):"]
+    probes = [s for s in plan.stages.values() if s.kind == "probe"]
+    if probes:
+        lines.append(f"probe mode: {len(probes)} linear head(s) on the cached features of "
+                         f"{sum(s.kind == 'features' for s in plan.stages.values())} backbone(s)")
     for s in plan.stages.values():
         if s.kind == "train":
             t = s.params["train"]

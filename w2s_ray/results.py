@@ -215,6 +215,11 @@ def read_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return cells, agg
 
 
+def _present(value: Any) -> bool:
+    """A value the table holds (None and NaN mean "does not apply")."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def short_loss(r: dict[str, Any]) -> str:
     """xent, logconf(a=0.5), or search:weak(a=0.31) for a searched student."""
     if str(r.get("method", "fixed")).startswith("search"):

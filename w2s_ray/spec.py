@@ -27,6 +27,7 @@ from w2s_ray.config import (
     ConfigError,
     ExperimentConfig,
     LossConfig,
+    ProbeConfig,
     Resources,
     SearchConfig,
     SplitConfig,
@@ -147,6 +148,8 @@ class SweepSpec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     search: SearchSpec | None = None
     bootstrap: BootstrapSpec | None = None
+    finetune: Literal["full", "probe"] = "full"  # probe: linear heads on cached frozen features
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     description: str = ""
 
     def pair_list(self) -> list[tuple[str, str]]:
@@ -176,7 +179,8 @@ class SweepSpec:
             variants += [(LossConfig("logconf"), search) for search in self.search.configs()]
         chains = self.chain_list()
         slices = self.bootstrap.slice_count(chains) if self.bootstrap is not None else 0
-        common = dict(train=self.train.overrides(), model_train=model_train)
+        common = dict(train=self.train.overrides(), model_train=model_train, finetune=self.finetune,
+                      probe=self.probe)
         direct = [
             ExperimentConfig(dataset=ds, weak=weak, strong=strong, loss=loss, split=self._split(seed),
                              search=search, **common)
@@ -330,6 +334,8 @@ def _check_semantics(spec: SweepSpec) -> None:
         _check_search(spec)
     if spec.bootstrap is not None:
         _check_bootstrap(spec)
+    if spec.finetune == "probe" and (spec.search is not None or spec.bootstrap is not None):
+        raise ConfigError("finetune", "probe mode runs fixed-loss cells; search and bootstrap need finetune: full")
     if spec.resources.profile == "cluster" and not spec.resources.storage:
         raise ConfigError("resources.storage", "a cluster profile needs shared storage (NFS path, s3:// or gs://)")
 

@@ -1,0 +1,234 @@
+"""Linear-probe mode: frozen features computed once, heads trained on them in seconds.
+
+``features`` stages run a pretrained backbone over every row of every split
+with Ray Data (``read_parquet → map_batches(actor pool) → write_parquet``) and
+cache ``id, split, features`` as parquet, keyed by (model, max_len, data
+artifact): every probe of that model on that data reuses them. ``probe``
+stages train only a linear head (the same losses and schedule as full
+fine-tuning) and ``probeinfer`` stages apply it; both are Ray tasks, small
+enough that an alpha grid costs seconds per point.
+
+Features are standardised with the mean and spread of the rows the head is
+trained on (no labels involved); the head stores them so predictions on
+other splits use the same transform.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from w2s_ray.losses import NEEDS_BATCH_THRESHOLD, LossContext, ThresholdBuffer, alpha_at, get_loss
+
+FEATURES_BATCH = 256  # rows per Ray Data batch
+FORWARD_CHUNK = 32  # rows per forward pass, grouped by length
+HEAD_FILE = "head.safetensors"
+
+
+class FeatureExtractor:
+    """A Ray Data actor: loads the pretrained backbone once, returns pooled features per row."""
+
+    def __init__(self, model: dict[str, Any], max_len: int, threads: int | None):
+        from w2s_ray.models import load_pretrained
+        from w2s_ray.train import model_spec
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer = load_pretrained(model_spec(model))
+        self.model.to(self.device).eval()
+        self.max_len = max_len
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from w2s_ray.train import encode
+
+        texts = batch["text"]
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out: np.ndarray | None = None
+        with torch.inference_mode():
+            for start in range(0, len(order), FORWARD_CHUNK):
+                idx = order[start:start + FORWARD_CHUNK]
+                enc = encode(self.tokenizer, texts[idx], self.max_len, self.device)
+                feats = self.model.features(**enc).float().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(texts), feats.shape[1]), dtype=np.float32)
+                out[idx] = feats
+        assert out is not None
+        splits = [Path(p).stem for p in batch["path"]]
+        values = pa.array(out.ravel(), type=pa.float32())
+        return pa.table({"id": batch["id"], "split": splits,
+                         "features": pa.FixedSizeListArray.from_arrays(values, out.shape[1])})
+
+
+def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_gpu: bool = False) -> dict[str, Any]:
+    """Features of every split of the stage's data artifact, committed as one parquet directory."""
+    import ray.data
+
+    data_key = stage.inputs["data"]
+    splits = [s for s, n in store.manifest(data_key).meta["rows"].items() if n]
+    t0 = time.perf_counter()
+    ds = ray.data.read_parquet([store.data_uri(data_key, f"{s}.parquet") for s in splits], include_paths=True)
+    out = ds.select_columns(["id", "text", "path"]).map_batches(
+        FeatureExtractor,
+        fn_constructor_kwargs={"model": stage.params["model"], "max_len": stage.params["max_len"],
+                               "threads": threads},
+        batch_size=FEATURES_BATCH,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+        num_cpus=1,
+        num_gpus=1 if use_gpu else 0,
+    )
+    staging = store.staging_dir()
+    out.write_parquet(str(staging / "data"))
+    table = pq.ParquetDataset(str(staging / "data")).read(columns=["split"])
+    rows = {s: int(pc.sum(pc.equal(table["split"], s)).as_py() or 0) for s in splits}
+    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": rows,
+            "seconds": time.perf_counter() - t0}
+    store.commit(stage.key, staging, meta)
+    shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
+def read_features(store: Any, key: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, features (n, d) float32) of one split of a features artifact."""
+    table = pq.read_table(store.path(key, "data"), filesystem=store.fs, filters=[("split", "=", split)],
+                          columns=["id", "features"])
+    column = table["features"].combine_chunks()
+    width = column.type.list_size
+    feats = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32)
+    return table["id"].to_numpy(zero_copy_only=False), feats
+
+
+def _targets(store: Any, stage: Any, ids: np.ndarray) -> np.ndarray:
+    """P(class 1) targets for ``ids``: GT labels, or the weak labels (whose artifact has no GT column)."""
+    if stage.params["targets"] == "gt":
+        source = pq.read_table(store.path(stage.inputs["data"], f"{stage.params['split']}.parquet"),
+                               filesystem=store.fs, columns=["id", "label"]).to_pandas()
+        column = "label"
+    else:
+        source = pq.read_table(store.path(stage.inputs["labels"], "data"), filesystem=store.fs,
+                               columns=["id", "p1"]).to_pandas()
+        column = "p1"
+    by_id = source.set_index("id")[column]
+    missing = set(ids) - set(by_id.index)
+    if missing:
+        raise ValueError(f"{stage.name}: {len(missing)} training row(s) have no target")
+    return by_id.loc[ids].to_numpy(dtype=np.float32)
+
+
+def fit_head(feats: np.ndarray, targets: np.ndarray, loss: dict[str, Any], probe: dict[str, Any],
+             seed: int) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Train a zero-initialised 2-way linear head with the stage's loss. → (weights, per-epoch history)."""
+    torch.manual_seed(seed)
+    x = torch.from_numpy(feats)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    y = torch.from_numpy(targets)
+    head = torch.nn.Linear(x.shape[1], 2, bias=False)
+    torch.nn.init.zeros_(head.weight)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=probe["lr"], weight_decay=probe["weight_decay"])
+    steps = probe["epochs"] * math.ceil(len(x) / probe["batch_size"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps)
+                                                                                           / steps)))
+    loss_fn = get_loss(loss["name"])
+    buffer = ThresholdBuffer(loss["threshold_buffer"]) if loss.get("threshold_buffer") else None
+    order = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(probe["epochs"]):
+        losses, alpha = [], 0.0
+        for idx in torch.randperm(len(x), generator=order).split(probe["batch_size"]):
+            alpha = alpha_at(scheduler.last_epoch / steps, loss.get("alpha_max", 0.0), loss.get("warmup_frac", 0.0))
+            logits = head(x[idx])
+            ctx = LossContext(alpha=alpha)
+            if buffer is not None and loss["name"] in NEEDS_BATCH_THRESHOLD:
+                threshold, pos_frac = buffer.update(torch.softmax(logits.detach(), -1)[:, 1], y[idx])
+                ctx = LossContext(alpha=alpha, threshold=threshold, pos_frac=pos_frac)
+            value = loss_fn(logits, y[idx], ctx)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(value))
+        history.append({"epoch": epoch + 1, "epochs": probe["epochs"], "train_loss": float(np.mean(losses)),
+                        "alpha": alpha, "step": scheduler.last_epoch})
+    return {"weight": head.weight.detach().clone(), "mean": mean, "std": std}, history
+
+
+def predict_head(weights: dict[str, torch.Tensor], feats: np.ndarray) -> np.ndarray:
+    x = (torch.from_numpy(feats) - weights["mean"]) / weights["std"]
+    with torch.inference_mode():
+        return torch.softmax(x @ weights["weight"].T, dim=-1)[:, 1].numpy()
+
+
+def run_probe_stage(stage: Any, store_uri: str) -> dict[str, Any]:
+    """Train and commit one head (a Ray task; also callable in process)."""
+    from safetensors.torch import save_file
+
+    from w2s_ray.artifacts import ArtifactStore
+
+    store = ArtifactStore(store_uri)
+    if store.exists(stage.key):
+        return store.manifest(stage.key, verify=False).meta
+    t0 = time.perf_counter()
+    ids, feats = read_features(store, stage.inputs["features"], stage.params["split"])
+    if stage.params["targets"] == "weak":  # the weak labels cover B; train on exactly those rows
+        keep = np.isin(ids, pq.read_table(store.path(stage.inputs["labels"], "data"), filesystem=store.fs,
+                                          columns=["id"])["id"].to_numpy(zero_copy_only=False))
+        ids, feats = ids[keep], feats[keep]
+    weights, history = fit_head(feats, _targets(store, stage, ids), stage.params["loss"], stage.params["probe"],
+                                stage.params["seed"])
+    staging = store.staging_dir()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / HEAD_FILE))
+    (staging / "history.json").write_text(json.dumps(history, indent=1))
+    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
+            "history": history, "seconds": time.perf_counter() - t0}
+    store.commit(stage.key, staging, meta)
+    shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
+def run_probe_infer_stage(stage: Any, store_uri: str) -> dict[str, Any]:
+    """P(class 1) of a committed head on one split's features, as an ``infer``-shaped artifact (id, p1)."""
+    from safetensors.torch import load_file
+
+    from w2s_ray.artifacts import ArtifactStore
+
+    store = ArtifactStore(store_uri)
+    if store.exists(stage.key):
+        return store.manifest(stage.key, verify=False).meta
+    t0 = time.perf_counter()
+    weights = load_file(str(store.local_dir(stage.inputs["model"]) / HEAD_FILE))
+    ids, feats = read_features(store, stage.inputs["features"], stage.params["split"])
+    staging = store.staging_dir()
+    (staging / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ids, "p1": predict_head(weights, feats).astype(np.float32)}),
+                   staging / "data" / "part-0.parquet")
+    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
+            "seconds": time.perf_counter() - t0}
+    store.commit(stage.key, staging, meta)
+    shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
+PROBE_RUNNERS = {"probe": run_probe_stage, "probeinfer": run_probe_infer_stage}
+
+
+def run_probe_layer(stages: list[Any], store_uri: str, torch_threads: int = 1) -> list[dict[str, Any]]:
+    """A layer's heads (or their predictions) as concurrent Ray tasks, one CPU each."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def run(stage: Any) -> dict[str, Any]:
+        torch.set_num_threads(torch_threads)
+        return PROBE_RUNNERS[stage.kind](stage, store_uri)
+
+    return ray.get([run.remote(s) for s in stages])
