@@ -20,7 +20,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -126,8 +126,13 @@ def _targets(store: Any, stage: Any, ids: np.ndarray) -> np.ndarray:
 
 
 def fit_head(feats: np.ndarray, targets: np.ndarray, loss: dict[str, Any], probe: dict[str, Any],
-             seed: int) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Train a zero-initialised 2-way linear head with the stage's loss. → (weights, per-epoch history)."""
+             seed: int, monitor: Callable[[dict[str, torch.Tensor]], float] | None = None,
+             ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Train a zero-initialised 2-way linear head with the stage's loss. → (weights, per-epoch history).
+
+    ``monitor`` (analysis only) sees a copy of the weights after each epoch and
+    its value is logged as ``gt_test_acc``; nothing in training reads it back.
+    """
     torch.manual_seed(seed)
     x = torch.from_numpy(feats)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
@@ -157,10 +162,28 @@ def fit_head(feats: np.ndarray, targets: np.ndarray, loss: dict[str, Any], probe
             value.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(value))
+            losses.append(float(value.detach()))
         history.append({"epoch": epoch + 1, "epochs": probe["epochs"], "train_loss": float(np.mean(losses)),
                         "alpha": alpha, "step": scheduler.last_epoch})
+        if monitor is not None:
+            history[-1]["gt_test_acc"] = monitor({"weight": head.weight.detach().clone(), "mean": mean, "std": std})
     return {"weight": head.weight.detach().clone(), "mean": mean, "std": std}, history
+
+
+def test_monitor(store: Any, stage: Any) -> Callable[[dict[str, torch.Tensor]], float]:
+    """GT test accuracy of a head, for the training-curve analysis (paper §5) only.
+
+    It is logged beside the history; selection never reads it (probe mode
+    selects nothing, and the search never runs in probe mode).
+    """
+    ids, feats = read_features(store, stage.inputs["features"], "test")
+    gt = pq.read_table(store.path(stage.inputs["data"], "test.parquet"), filesystem=store.fs,
+                       columns=["id", "label"]).to_pandas().set_index("id")["label"].loc[ids].to_numpy()
+
+    def accuracy(weights: dict[str, torch.Tensor]) -> float:
+        return float(np.mean((predict_head(weights, feats) > 0.5) == (gt > 0.5)))
+
+    return accuracy
 
 
 def predict_head(weights: dict[str, torch.Tensor], feats: np.ndarray) -> np.ndarray:
@@ -185,7 +208,7 @@ def run_probe_stage(stage: Any, store_uri: str) -> dict[str, Any]:
                                           columns=["id"])["id"].to_numpy(zero_copy_only=False))
         ids, feats = ids[keep], feats[keep]
     weights, history = fit_head(feats, _targets(store, stage, ids), stage.params["loss"], stage.params["probe"],
-                                stage.params["seed"])
+                                stage.params["seed"], monitor=test_monitor(store, stage))
     staging = store.staging_dir()
     save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / HEAD_FILE))
     (staging / "history.json").write_text(json.dumps(history, indent=1))

@@ -185,6 +185,26 @@ def plot_agreement(agg: pd.DataFrame, out: Path) -> Path:
     return _save(fig, out / "agreement.png")
 
 
+def plot_training_curves(cells: pd.DataFrame, out: Path) -> Path:
+    """Students' GT test accuracy after each epoch (logged for analysis, never selected on), per pair."""
+    plt = _pyplot()
+    curves = cells[cells["student_gt_test_acc_by_epoch"].notna()]
+    pairs = list(dict.fromkeys(zip(curves["weak"], curves["strong"])))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
+    for ax, (weak, strong) in zip(axes[0], pairs):
+        g = curves[(curves["weak"] == weak) & (curves["strong"] == strong)]
+        for r in g.to_dict("records"):
+            ys = list(r["student_gt_test_acc_by_epoch"])
+            ax.plot(range(1, len(ys) + 1), ys, lw=1, label=loss_label(r))
+        ax.axhline(g["weak_acc"].mean(), color="gray", ls=":", label="weak")
+        ax.axhline(g["ceiling_acc"].mean(), color="k", ls="--", label="ceiling")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("student GT test accuracy")
+        ax.set_title(f"{weak} → {strong}", fontsize=10)
+        ax.legend(fontsize=6)
+    return _save(fig, out / "training_curves.png")
+
+
 def _markdown_table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -236,6 +256,11 @@ def write_report(results_dir: Path) -> dict[str, Path]:
         text += ("\n## Agreement with the supervisor, by whether its label was right\n\nLow agreement where "
                  "the weak label is wrong means the student did not learn its supervisor's errors.\n\n"
                  "![agreement](agreement.png)\n")
+    if "student_gt_test_acc_by_epoch" in cells and cells["student_gt_test_acc_by_epoch"].notna().any():
+        paths["training_curves"] = plot_training_curves(cells, results_dir)
+        text += ("\n## Student test accuracy over training\n\nGT test accuracy after each epoch, logged for "
+                 "analysis only (nothing selects on it): a curve that rises then falls is the student "
+                 "overfitting to its weak labels.\n\n![training curves](training_curves.png)\n")
     trials_path = results_dir / "trials.parquet"
     if trials_path.is_file():
         paths["pgr_vs_alpha"] = plot_pgr_vs_alpha(pd.read_parquet(trials_path), cells, results_dir)

@@ -106,6 +106,9 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
         m = store.manifest(key, verify=False)
         row[f"{role}_seconds"] = m.meta.get("seconds") if m else None
     row["data_key"] = cell.data
+    history = store.manifest(cell.student, verify=False).meta.get("history") or []
+    curve = [h["gt_test_acc"] for h in history if "gt_test_acc" in h]  # analysis only (probe mode logs it)
+    row["student_gt_test_acc_by_epoch"] = curve or None
     return row
 
 

@@ -1,0 +1,98 @@
+"""Linear-probe mode: head training math, planning, and a tiny grid on a real local Ray cluster."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from w2s_ray.config import ConfigError, ExperimentConfig, LossConfig, ProbeConfig, SplitConfig, TrainOverrides
+from w2s_ray.plan import plan_experiments
+from w2s_ray.probe import fit_head, predict_head
+
+PROBE = {"lr": 0.05, "epochs": 15, "batch_size": 16, "weight_decay": 0.0}
+
+
+def _separable(n: int = 400, d: int = 8, seed: int = 0):
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(n, d)).astype(np.float32) * 3 + 10  # off-centre and scaled: standardisation matters
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.float32)
+    return x, y
+
+
+def test_a_head_learns_a_linearly_separable_problem():
+    x, y = _separable()
+    weights, history = fit_head(x, y, {"name": "xent"}, PROBE, seed=0)
+    assert np.mean((predict_head(weights, x) > 0.5) == (y > 0.5)) > 0.95
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_heads_are_reproducible_from_their_seed():
+    x, y = _separable()
+    a, _ = fit_head(x, y, {"name": "xent"}, PROBE, seed=3)
+    b, _ = fit_head(x, y, {"name": "xent"}, PROBE, seed=3)
+    assert torch.equal(a["weight"], b["weight"])
+
+
+def test_logconf_with_alpha_zero_trains_the_same_head_as_xent():
+    x, y = _separable()
+    soft = np.clip(y * 0.8 + 0.1, 0, 1).astype(np.float32)
+    a, _ = fit_head(x, soft, {"name": "xent"}, PROBE, seed=1)
+    b, _ = fit_head(x, soft, {"name": "logconf", "alpha_max": 0.0, "warmup_frac": 0.2}, PROBE, seed=1)
+    assert torch.allclose(a["weight"], b["weight"], atol=1e-6)
+
+
+def test_the_alpha_ramp_reaches_alpha_max_in_the_history():
+    x, y = _separable()
+    _, history = fit_head(x, y, {"name": "logconf", "alpha_max": 0.6, "warmup_frac": 0.2}, PROBE, seed=0)
+    assert history[0]["alpha"] < 0.6 and history[-1]["alpha"] == pytest.approx(0.6)
+
+
+def _cfg(loss: LossConfig, **kw) -> ExperimentConfig:
+    return ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6-2l", loss=loss,
+                            split=SplitConfig(n_weak=64, n_strong=64, n_test=64),
+                            train=TrainOverrides(max_len=32), finetune="probe", probe=ProbeConfig(**kw))
+
+
+def test_an_alpha_grid_shares_features_weak_labels_and_ceiling():
+    plan = plan_experiments([_cfg(LossConfig("logconf", a)) for a in (0.1, 0.5, 0.9)])
+    kinds = plan.counts()
+    assert kinds["features"] == 2 and kinds["probe"] == 2 + 3
+    assert len({c.weak_labels for c in plan.cells}) == 1 and len({c.ceiling for c in plan.cells}) == 1
+    other = plan_experiments([_cfg(LossConfig("xent"), lr=0.1)])  # head settings never change the features
+    assert {s.key for s in plan.stages.values() if s.kind == "features"} == \
+        {s.key for s in other.stages.values() if s.kind == "features"}
+
+
+def test_probe_mode_refuses_chains_and_bad_probe_settings():
+    with pytest.raises(ConfigError, match="finetune"):
+        ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", chain=("minilm-l6-2l",),
+                         finetune="probe")
+    with pytest.raises(ConfigError, match="epochs"):
+        ProbeConfig(epochs=0)
+    with pytest.raises(ConfigError, match="finetune"):
+        ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", finetune="lora")
+
+
+@pytest.mark.ray
+def test_a_probe_grid_on_ray_caches_features_once_and_keeps_gt_out_of_the_labels(ray_cluster, tmp_path):
+    from w2s_ray.artifacts import ArtifactStore
+    from w2s_ray.config import Resources
+    from w2s_ray.execute import execute
+    from w2s_ray.results import cell_row
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    first = plan_experiments([_cfg(LossConfig("xent")), _cfg(LossConfig("logconf", 0.5))])
+    report = execute(first, store, Resources(num_cpus=4), str(tmp_path / "ray"), progress=lambda _: None)
+    assert set(report.ran) == set(first.stages)
+    cell = first.cells[0]
+    labels = pq.read_table(store.path(cell.weak_labels, "data")).to_pandas()
+    assert set(labels.columns) == {"id", "p1"}
+    b = pq.read_table(store.path(cell.data, "B.parquet")).to_pandas()
+    assert sorted(labels["id"]) == sorted(b["id"])
+    rows = [cell_row(store, c, n_boot=50) for c in first.cells]
+    assert all(0.0 <= r["student_acc"] <= 1.0 and r["n_test"] == 64 for r in rows)
+
+    second = plan_experiments([_cfg(LossConfig("logconf", 0.75))])
+    again = execute(second, store, Resources(num_cpus=4), str(tmp_path / "ray"), progress=lambda _: None)
+    ran_kinds = sorted(store.manifest(k).meta["stage"].split()[0] for k in again.ran)
+    assert ran_kinds == ["predict", "student"]  # features, weak, labels, ceiling: all loaded
