@@ -37,3 +37,38 @@ def ray_cluster():
     ensure_ray(Resources(num_cpus=4))
     yield ray
     ray.shutdown()
+
+
+PIPELINE_EPOCHS = 3
+
+
+def pipeline_config():
+    """The one small end-to-end cell the pipeline and reliability tests share (3 epochs: room to kill mid-way)."""
+    from w2s_ray.config import ExperimentConfig, LossConfig, SplitConfig, TrainOverrides
+
+    return ExperimentConfig(
+        "multiemo-sentences", "minilm-l6-1l", "minilm-l6-2l",
+        loss=LossConfig("logconf", alpha_max=0.5, warmup_frac=0.2),
+        split=SplitConfig(seed=0, n_weak=96, n_strong=96, n_test=96),
+        train=TrainOverrides(epochs=PIPELINE_EPOCHS, max_len=32, batch_size=16, minibatch_size=8),
+    )
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(ray_cluster, tmp_path_factory):
+    """One undisturbed run of :func:`pipeline_config` on Ray (store + Train runs under ``out``); read-only to tests."""
+    from types import SimpleNamespace
+
+    from w2s_ray.artifacts import ArtifactStore
+    from w2s_ray.config import Resources
+    from w2s_ray.execute import execute
+    from w2s_ray.plan import plan_experiment
+
+    out = tmp_path_factory.mktemp("pipeline")
+    cfg = pipeline_config()
+    store = ArtifactStore(str(out / "store"))
+    plan = plan_experiment(cfg)
+    lines: list[str] = []
+    report = execute(plan, store, Resources(max_concurrent_trials=2, max_failures=1), str(out / "ray"),
+                     progress=lines.append)
+    return SimpleNamespace(cfg=cfg, out=out, store=store, plan=plan, report=report, lines=lines)

@@ -6,36 +6,25 @@ TorchTrainer and Ray Data, artifacts are committed, then a second run loads
 everything and trains nothing.
 """
 
-import json
-from pathlib import Path
-
 import pyarrow.parquet as pq
 import pytest
 
-from w2s_ray.artifacts import ArtifactStore
-from w2s_ray.config import ExperimentConfig, LossConfig, Resources, SplitConfig, TrainOverrides
+from w2s_ray.config import LossConfig, Resources
 from w2s_ray.execute import execute
 from w2s_ray.plan import plan_experiment
 from w2s_ray.results import cell_row
 
+from conftest import PIPELINE_EPOCHS, pipeline_config
+
 pytestmark = pytest.mark.ray
 
-CFG = ExperimentConfig(
-    "multiemo-sentences", "minilm-l6-1l", "minilm-l6-2l",
-    loss=LossConfig("logconf", alpha_max=0.5, warmup_frac=0.2),
-    split=SplitConfig(seed=0, n_weak=96, n_strong=96, n_test=96),
-    train=TrainOverrides(epochs=2, max_len=32, batch_size=16, minibatch_size=8),
-)
+CFG = pipeline_config()
 
 
 @pytest.fixture(scope="module")
-def first_run(ray_cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    store = ArtifactStore(str(out / "store"))
-    plan = plan_experiment(CFG)
-    lines: list[str] = []
-    report = execute(plan, store, Resources(max_concurrent_trials=2), str(out / "ray"), progress=lines.append)
-    return out, store, plan, report, lines
+def first_run(pipeline_run):
+    r = pipeline_run
+    return r.out, r.store, r.plan, r.report, r.lines
 
 
 def test_every_stage_runs_once_and_commits(first_run):
@@ -45,10 +34,10 @@ def test_every_stage_runs_once_and_commits(first_run):
     assert len(train_keys) == 3
     for key in train_keys:
         history = store.manifest(key).meta["history"]
-        assert [h["epoch"] for h in history] == [1, 2]
+        assert [h["epoch"] for h in history] == list(range(1, PIPELINE_EPOCHS + 1))
         files = store.manifest(key).files
         assert "model/head.safetensors" in files and "train_state.pt" not in files
-    assert any("epoch 2/2" in line for line in lines)  # per-epoch progress reached the driver
+    assert any(f"epoch {PIPELINE_EPOCHS}/{PIPELINE_EPOCHS}" in line for line in lines)  # per-epoch progress reached the driver
 
 
 def test_student_training_data_carries_no_ground_truth(first_run):

@@ -92,6 +92,15 @@ def test_a_probe_grid_on_ray_caches_features_once_and_keeps_gt_out_of_the_labels
     rows = [cell_row(store, c, n_boot=50) for c in first.cells]
     assert all(0.0 <= r["student_acc"] <= 1.0 and r["n_test"] == 64 for r in rows)
 
+    # reproducible: the same plan in a fresh store gives bit-identical predictions
+    twin = ArtifactStore(str(tmp_path / "twin"))
+    execute(first, twin, Resources(num_cpus=4), str(tmp_path / "ray"), progress=lambda _: None)
+    for c in first.cells:
+        for key in (c.weak_labels, c.student_test, c.ceiling_test):
+            mine = pq.read_table(store.path(key, "data")).to_pandas().sort_values("id").reset_index(drop=True)
+            theirs = pq.read_table(twin.path(key, "data")).to_pandas().sort_values("id").reset_index(drop=True)
+            assert mine.equals(theirs), key
+
     second = plan_experiments([_cfg(LossConfig("logconf", 0.75))])
     again = execute(second, store, Resources(num_cpus=4), str(tmp_path / "ray"), progress=lambda _: None)
     ran_kinds = sorted(store.manifest(k).meta["stage"].split()[0] for k in again.ran)

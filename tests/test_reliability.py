@@ -43,8 +43,10 @@ import pytest
 import torch
 
 from w2s_ray.artifacts import MANIFEST, ArtifactStore
-from w2s_ray.config import ExperimentConfig, LossConfig, Resources, SplitConfig, TrainOverrides
+from w2s_ray.config import Resources
 from w2s_ray.plan import plan_experiment
+
+from conftest import PIPELINE_EPOCHS, pipeline_config
 
 KEY = "train-" + "cd" * 12
 ARTIFACT_LOG = "w2s_ray.artifacts"
@@ -153,13 +155,8 @@ def test_an_intact_artifact_gives_no_warning(tmp_path, caplog):
 
 # -- end to end on Ray -------------------------------------------------------------------------
 
-EPOCHS = 3
-CFG = ExperimentConfig(
-    "multiemo-sentences", "minilm-l6-1l", "minilm-l6-2l",
-    loss=LossConfig("logconf", alpha_max=0.5, warmup_frac=0.2),
-    split=SplitConfig(seed=0, n_weak=96, n_strong=96, n_test=96),
-    train=TrainOverrides(epochs=EPOCHS, max_len=32, batch_size=16),
-)
+EPOCHS = PIPELINE_EPOCHS
+CFG = pipeline_config()
 RESOURCES = Resources(max_concurrent_trials=2, max_failures=1)
 
 
@@ -305,7 +302,7 @@ def _labels(store: ArtifactStore, key: str):  # noqa: ANN202
 
 
 @pytest.fixture(scope="module")
-def runs(ray_cluster, tmp_path_factory):
+def runs(pipeline_run, tmp_path_factory):
     from w2s_ray.execute import execute
     from w2s_ray.results import cell_row
 
@@ -314,12 +311,12 @@ def runs(ray_cluster, tmp_path_factory):
     cell = plan.cells[0]
     res: dict[str, Any] = {"plan": plan, "cell": cell}
 
-    # 1. undisturbed run
+    # 1. undisturbed run: the shared pipeline run, copied (store and Train runs) so it can be damaged here
+    shutil.copytree(pipeline_run.out, root / "a")
     a = ArtifactStore(str(root / "a" / "store"))
     res["a"] = a
-    res["a1"] = _step(res, "a1", lambda: execute(plan, a, RESOURCES, str(root / "a" / "ray"), progress=lambda s: None))
-    if res["a1"] is None:
-        return res
+    res["a1"] = pipeline_run.report
+    assert set(pipeline_run.plan.stages) == set(plan.stages)
     res["row_a"] = cell_row(a, cell)
     res["manifests_a"] = {k: a.manifest(k) for k in plan.stages}
     res["labels_a"] = _labels(a, cell.weak_labels)

@@ -15,7 +15,7 @@ from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import ExperimentConfig, Resources, SearchConfig, SplitConfig, TrainOverrides
 from w2s_ray.data import load_rows, resolve_dataset, split_rows
 from w2s_ray.execute import execute
-from w2s_ray.plan import plan_experiment
+from w2s_ray.plan import plan_experiments
 from w2s_ray.results import cell_row, trial_rows
 from w2s_ray.search import read_trials
 
@@ -40,21 +40,17 @@ def _dataset_files(tmp_path):
     return clean, path
 
 
-def _search(ray_cluster, dataset, out):
-    cfg = ExperimentConfig(dataset, "minilm-l6-1l", "minilm-l6-2l", split=SPLIT, search=SEARCH,
-                           train=TrainOverrides(epochs=2, max_len=32, batch_size=16))
-    plan = plan_experiment(cfg)
-    store = ArtifactStore(str(out / "store"))
-    execute(plan, store, Resources(max_concurrent_trials=2), str(out / "ray"), progress=lambda _: None)
-    cell = plan.cells[0]
-    return store, cell, read_trials(store, cell.student)
-
-
 @pytest.fixture(scope="module")
 def searches(ray_cluster, tmp_path_factory):
+    """Both searches in one plan and one store (their stages differ by data key): one pass of Ray overhead."""
     tmp = tmp_path_factory.mktemp("search")
-    clean, shuffled = _dataset_files(tmp)
-    return _search(ray_cluster, str(clean), tmp / "a"), _search(ray_cluster, str(shuffled), tmp / "b")
+    configs = [ExperimentConfig(str(path), "minilm-l6-1l", "minilm-l6-2l", split=SPLIT, search=SEARCH,
+                                train=TrainOverrides(epochs=2, max_len=32, batch_size=16))
+               for path in _dataset_files(tmp)]
+    plan = plan_experiments(configs)
+    store = ArtifactStore(str(tmp / "store"))
+    execute(plan, store, Resources(max_concurrent_trials=2), str(tmp / "ray"), progress=lambda _: None)
+    return [(store, cell, read_trials(store, cell.student)) for cell in plan.cells]
 
 
 def test_search_runs_its_budget_and_selects_on_validation(searches):

@@ -71,6 +71,7 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
     split = stage.params["split"]
     source = store.data_uri(stage.inputs["data"], f"{split}.parquet")
     keep_text = split in ("B", "val")  # weak labels are training / selection rows
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # same batches on every run
     t0 = time.perf_counter()
     ds = ray.data.read_parquet(source)
     if "slice" in stage.params:  # a bootstrapping step labels only its own slice of B

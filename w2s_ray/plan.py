@@ -366,10 +366,11 @@ def describe_plan(spec: Any, plan: Plan) -> str:
     if probes:
         lines.append(f"probe mode: {len(probes)} linear head(s) on the cached features of "
                          f"{sum(s.kind == 'features' for s in plan.stages.values())} backbone(s)")
+    width = max((len(s.name) for s in plan.stages.values() if s.kind == "train"), default=0)
     for s in plan.stages.values():
         if s.kind == "train":
             t = s.params["train"]
-            lines.append(f"  {s.name:58} epochs {t['epochs']} max_len {t['max_len']:<5} "
+            lines.append(f"  {s.name:{width}} epochs {t['epochs']} max_len {t['max_len']:<5} "
                          f"{trial_request(s, r.use_gpu, r.num_workers, r.worker_cpus)}  [{s.key}]")
     lines += ["", "cells (dataset, seed, weak -> strong, loss):"]
     for i, c in enumerate(plan.cells, 1):

@@ -76,6 +76,7 @@ def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_g
 
     data_key = stage.inputs["data"]
     splits = [s for s, n in store.manifest(data_key).meta["rows"].items() if n]
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # same batches, same padding
     t0 = time.perf_counter()
     ds = ray.data.read_parquet([store.data_uri(data_key, f"{s}.parquet") for s in splits], include_paths=True)
     out = ds.select_columns(["id", "text", "path"]).map_batches(
@@ -99,9 +100,13 @@ def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_g
 
 
 def read_features(store: Any, key: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, features (n, d) float32) of one split of a features artifact."""
+    """(ids, features (n, d) float32) of one split of a features artifact, ordered by id.
+
+    The order is the files' content, not the order Ray Data wrote them in, so
+    a seeded head sees the same rows in the same order on every run.
+    """
     table = pq.read_table(store.path(key, "data"), filesystem=store.fs, filters=[("split", "=", split)],
-                          columns=["id", "features"])
+                          columns=["id", "features"]).sort_by("id")
     column = table["features"].combine_chunks()
     width = column.type.list_size
     feats = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32)
