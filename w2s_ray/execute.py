@@ -275,14 +275,13 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
             progress(f"    selected a={b['alpha_max']:g} w={b['warmup_frac']:g} (validation objective "
                      f"{meta['objective']}: {b['objective']:.4f}); {meta['finished']}/{meta['trials']} trials "
                      f"finished ({meta['seconds']:.1f}s)")
-        for s in [s for s in todo if s.kind == "features"]:
-            from w2s_ray.probe import run_features_stage
-
-            meta = run_features_stage(s, store, threads=resources.torch_threads or (os.cpu_count() or 1),
-                                      use_gpu=resources.use_gpu)
+        jobs = [s for s in todo if s.kind in ("features", "infer")]
+        for s, meta in _run_data_jobs(jobs, store, resources):
             done += 1
             report.ran[s.key] = meta["seconds"]
-            progress(f"[{done}/{total}] {s.name}: {sum(meta['rows'].values())} rows cached ({meta['seconds']:.1f}s)")
+            rows = sum(meta["rows"].values()) if isinstance(meta["rows"], dict) else meta["rows"]
+            progress(f"[{done}/{total}] {s.name}: {rows} rows{' cached' if s.kind == 'features' else ''} "
+                     f"({meta['seconds']:.1f}s)")
         probes = [s for s in todo if s.kind in ("probe", "probeinfer")]
         if probes:
             from w2s_ray.probe import run_probe_layer
@@ -293,15 +292,35 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
                 report.ran[s.key] = meta["seconds"]
                 progress(f"[{done}/{total}] {s.name}: {meta['rows']} rows ({meta['seconds']:.1f}s)")
             progress(f"    {len(probes)} probe stage(s) in {time.perf_counter() - t0:.1f}s")
-        for s in [s for s in todo if s.kind == "infer"]:
-            from w2s_ray.label import run_infer_stage
-
-            meta = run_infer_stage(s, store, actors=1, threads=resources.torch_threads or (os.cpu_count() or 1),
-                                   use_gpu=resources.use_gpu)
-            done += 1
-            report.ran[s.key] = meta["seconds"]
-            progress(f"[{done}/{total}] {s.name}: {meta['rows']} rows ({meta['seconds']:.1f}s)")
     return report
+
+
+def _run_data_jobs(stages: list[Stage], store: ArtifactStore, resources: Resources):  # noqa: ANN202
+    """A layer's Ray Data jobs (weak labels, predictions, features), up to ``max_concurrent_trials`` at once.
+
+    Each job's fixed cost (actor start, model load, executor start) is most
+    of its time at small sizes; running a layer's jobs side by side overlaps
+    it. Yields ``(stage, meta)`` as jobs finish.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from w2s_ray.label import run_infer_stage
+    from w2s_ray.probe import run_features_stage
+
+    if not stages:
+        return
+    concurrent = max(1, min(len(stages), resources.max_concurrent_trials))
+    threads = resources.torch_threads or max(1, (os.cpu_count() or 1) // concurrent)
+
+    def run(stage: Stage) -> dict[str, Any]:
+        if stage.kind == "features":
+            return run_features_stage(stage, store, threads=threads, use_gpu=resources.use_gpu)
+        return run_infer_stage(stage, store, actors=1, threads=threads, use_gpu=resources.use_gpu)
+
+    with ThreadPoolExecutor(max_workers=concurrent) as pool:
+        futures = {pool.submit(run, s): s for s in stages}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
 def resolve_dataset_by_params(stage: Stage, resolve: Callable[[str], Any]) -> Any:
