@@ -42,3 +42,15 @@ def test_student_reads_weak_labels_and_ceiling_reads_gt_of_the_same_half():
     assert student.params["targets"] == "weak" and student.inputs["labels"] == cell.weak_labels
     assert ceiling.params["targets"] == "gt" and "labels" not in ceiling.inputs
     assert plan.stages[cell.weak].params["split"] == "A"
+
+
+def test_test_curves_only_touch_the_students_key():
+    from w2s_ray.config import ExperimentConfig, LossConfig
+    from w2s_ray.plan import plan_experiment
+
+    base = ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", loss=LossConfig("logconf"))
+    plain, curves = plan_experiment(base).cells[0], plan_experiment(base.replace(test_curves=True)).cells[0]
+    for field in ("data", "weak", "weak_labels", "weak_test", "ceiling", "ceiling_test"):
+        assert getattr(plain, field) == getattr(curves, field), field
+    assert plain.student != curves.student
+    assert plan_experiment(base.replace(test_curves=True)).stages[curves.student].params["monitor"] == "gt_test"

@@ -35,6 +35,7 @@ SPEC = {
     "split": {"n_weak": 64, "n_strong": 64, "n_test": 64},
     "train": {"epochs": 2, "max_len": 32, "batch_size": 16},
     "resources": {"num_cpus": 4, "max_concurrent_trials": 2},
+    "test_curves": True,  # students log GT test accuracy per epoch (analysis only)
 }
 
 
@@ -106,7 +107,10 @@ def test_results_table_and_report(sweep):
     agg = pd.read_parquet(results / "aggregate.parquet")
     assert len(agg) == 2 and set(agg["n_seeds"]) == {1}
     assert pd.read_csv(results / "results.csv").shape[0] == 2
-    for name in ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png"):
+    curves = cells["student_gt_test_acc_by_epoch"]
+    assert all(len(c) == SPEC["train"]["epochs"] and all(0 <= x <= 1 for x in c) for c in curves)
+    for name in ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png", "agreement.png",
+                 "training_curves.png"):
         assert (results / name).stat().st_size > 5000, name
     for f in results.glob("*.png"):
         f.unlink()

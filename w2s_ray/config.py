@@ -261,6 +261,7 @@ class ExperimentConfig:
     chain: tuple[str, ...] = ()  # bootstrapping: models between weak and strong, each taught by the one before
     bootstrap_slices: int = 0  # disjoint slices of half B for the chain's steps; 0: one per step
     finetune: str = "full"  # full: fine-tune every weight; probe: a head on cached frozen features
+    test_curves: bool = False  # log the student's GT test accuracy after each epoch (analysis only; probe: always)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:

@@ -79,9 +79,13 @@ def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: in
 
 def train_stage(
     role: str, model: ModelSpec, train: TrainConfig, loss: LossConfig, data: Stage, split: str,
-    labels: Stage | None = None, teacher: str = "",
+    labels: Stage | None = None, teacher: str = "", test_curves: bool = False,
 ) -> Stage:
-    """Fine-tune on ``split``: GT labels if ``labels`` is None, else those weak labels."""
+    """Fine-tune on ``split``: GT labels if ``labels`` is None, else those weak labels.
+
+    ``test_curves``: also log GT test accuracy after each epoch (analysis only;
+    nothing selects on it). Only set when asked, so other keys never change.
+    """
     params = {
         "model": model.effective(),
         "train": asdict(train),
@@ -89,6 +93,8 @@ def train_stage(
         "split": split,
         "targets": "gt" if labels is None else "weak",
     }
+    if test_curves:
+        params["monitor"] = "gt_test"
     inputs = {"data": data.key} | ({"labels": labels.key} if labels is not None else {})
     source = "GT" if labels is None else f"labels of {teacher or 'weak'}"
     part = labels.params.get("slice") if labels is not None else None
@@ -258,7 +264,7 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
         labels, student = _plan_chain(plan, cfg, ds, weak, weak_model, strong_model, strong_train, data)
     else:
         student = plan.add(train_stage("student", strong_model, strong_train, cfg.loss, data, "B", labels,
-                                       weak_model.name))
+                                       weak_model.name, cfg.test_curves))
     tests = [plan.add(infer_stage(role, s, data, "test")) for role, s in (("weak", weak), ("ceiling", ceiling))]
     # a search's selected student is only known once it ran: its test predictions are part of its artifact
     student_test = student.key if cfg.search is not None else plan.add(infer_stage("student", student, data,
@@ -285,7 +291,7 @@ def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage,
         last = j == len(models) - 1
         train = strong_train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)
         teacher = plan.add(train_stage("student" if last else "bootstrap", model, train, cfg.loss, data, "B",
-                                       labels, teacher_model.name))
+                                       labels, teacher_model.name, cfg.test_curves and last))
         teacher_model = model
     return first, teacher
 

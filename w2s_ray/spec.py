@@ -150,6 +150,7 @@ class SweepSpec:
     bootstrap: BootstrapSpec | None = None
     finetune: Literal["full", "probe"] = "full"  # probe: linear heads on cached frozen features
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    test_curves: bool = False  # students log GT test accuracy per epoch (analysis only, never selected on)
     description: str = ""
 
     def pair_list(self) -> list[tuple[str, str]]:
@@ -180,7 +181,7 @@ class SweepSpec:
         chains = self.chain_list()
         slices = self.bootstrap.slice_count(chains) if self.bootstrap is not None else 0
         common = dict(train=self.train.overrides(), model_train=model_train, finetune=self.finetune,
-                      probe=self.probe)
+                      probe=self.probe, test_curves=self.test_curves)
         direct = [
             ExperimentConfig(dataset=ds, weak=weak, strong=strong, loss=loss, split=self._split(seed),
                              search=search, **common)

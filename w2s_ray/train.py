@@ -50,6 +50,7 @@ class LoopConfig:
     select: dict[str, Any] | None = None  # {"objective": weak|oracle, "column": p1|label}: per-epoch validation
     parallel: str = "ddp"  # ddp, or fsdp for models that do not fit one GPU (see presets.trial_resources)
     gradient_checkpointing: bool = False
+    monitor: bool = False  # log GT test accuracy per epoch (analysis only: never reported as the objective)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -256,6 +257,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if cfg.select:
             metrics["objective"] = validation_objective(model, tokenizer, ray.train.get_dataset_shard("val"),
                                                         cfg.select["column"], cfg.train["max_len"], device)
+        if cfg.monitor:
+            metrics["gt_test_acc"] = validation_objective(model, tokenizer, ray.train.get_dataset_shard("monitor"),
+                                                          "label", cfg.train["max_len"], device)
         history.append(metrics)
         full_state = full_state_dict(model)
         with tempfile.TemporaryDirectory() as tmp:
@@ -298,10 +302,13 @@ def fit_train_stage(
     select = params.get("select")
     if select:
         datasets["val"] = _validation_dataset(stage, store, select)
+    if params.get("monitor") == "gt_test":  # analysis only; selection reads "objective", never this
+        datasets["monitor"] = ray.data.read_parquet(store.data_uri(data_key, "test.parquet")).select_columns(
+            ["text", "label"])
     gpu = gpu_plan(params, resources)
     loop = LoopConfig(model=params["model"], train=params["train"], loss=params["loss"], target_column=target,
                       n_rows=n_rows, torch_threads=torch_threads, select=select, parallel=gpu["parallel"],
-                      gradient_checkpointing=gpu["gradient_checkpointing"])
+                      gradient_checkpointing=gpu["gradient_checkpointing"], monitor="monitor" in datasets)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.__dict__,
