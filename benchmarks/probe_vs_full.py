@@ -7,7 +7,7 @@ grid (other alphas) then runs on the same store: its feature stages must load
 from the cache, so the benchmark counts the feature stages each probe grid ran
 (from the store's commit ledger).
 
-    .venv/bin/python benchmarks/probe_vs_full.py            # n=500 rows, 2 epochs: ~15 min on 2 cores
+    .venv/bin/python benchmarks/probe_vs_full.py            # offline default sizes: ~25 min on 2 cores
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def best(plan, store: ArtifactStore) -> str:
 
 def main() -> None:
     p = common.experiment_args(__doc__.splitlines()[0])
-    p.set_defaults(n=500, n_test=1000)
+    p.set_defaults(n=1000, n_test=2000)  # the offline default sizes
     a = p.parse_args()
     root = Path(a.out) / "probe-vs-full"
     shutil.rmtree(root, ignore_errors=True)
