@@ -72,3 +72,25 @@ def pipeline_run(ray_cluster, tmp_path_factory):
     report = execute(plan, store, Resources(max_concurrent_trials=2, max_failures=1), str(out / "ray"),
                      progress=lines.append)
     return SimpleNamespace(cfg=cfg, out=out, store=store, plan=plan, report=report, lines=lines)
+
+
+def shuffled_gt_files(tmp_path: Path, split) -> tuple[Path, Path]:  # noqa: ANN001
+    """Two dataset files of the same texts: as is, and with the GT label of every row outside half A
+    flipped and permuted. Half A (the weak model's data) is identical in both, so anything computed
+    without GT from B, validation or test must come out the same on both."""
+    import numpy as np
+
+    from w2s_ray.data import load_rows, resolve_dataset, split_rows
+
+    rows = load_rows(resolve_dataset("multiemo-sentences"))[["text", "label"]]
+    rows = rows.iloc[: split.n_weak + split.n_strong + split.n_test + split.n_val + 40].reset_index(drop=True)
+    clean = tmp_path / "clean.parquet"
+    rows.to_parquet(clean, index=False)
+    parts = split_rows(load_rows(resolve_dataset(str(clean))), split)
+    outside_a = ~rows["text"].isin(set(parts["A"]["text"]))
+    shuffled = rows.copy()
+    labels = shuffled.loc[outside_a, "label"].to_numpy()
+    shuffled.loc[outside_a, "label"] = np.random.default_rng(1).permutation(1 - labels)  # flip, then permute
+    path = tmp_path / "shuffled.parquet"
+    shuffled.to_parquet(path, index=False)
+    return clean, path

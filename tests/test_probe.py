@@ -1,6 +1,7 @@
 """Linear-probe mode: head training math, planning, and a tiny grid on a real local Ray cluster."""
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -105,3 +106,36 @@ def test_a_probe_grid_on_ray_caches_features_once_and_keeps_gt_out_of_the_labels
     again = execute(second, store, Resources(num_cpus=4), str(tmp_path / "ray"), progress=lambda _: None)
     ran_kinds = sorted(store.manifest(k).meta["stage"].split()[0] for k in again.ran)
     assert ran_kinds == ["predict", "student"]  # features, weak, labels, ceiling: all loaded
+
+
+PROBE_SPLIT = SplitConfig(seed=0, n_weak=64, n_strong=64, n_test=64, n_val=48)
+
+
+@pytest.mark.ray
+def test_probe_alpha_search_selects_on_weak_labels_only(ray_cluster, tmp_path):
+    """Probe-mode search (TPE + ASHA over heads): GT outside half A shuffled -> identical trials and selection."""
+    from conftest import shuffled_gt_files
+
+    from w2s_ray.artifacts import ArtifactStore
+    from w2s_ray.config import Resources, SearchConfig
+    from w2s_ray.execute import execute
+    from w2s_ray.results import cell_row
+    from w2s_ray.search import read_trials
+
+    search = SearchConfig(objective="weak", num_samples=4, max_concurrent=1, seed=0)
+    configs = [ExperimentConfig(str(p), "minilm-l6-1l", "minilm-l6-2l", split=PROBE_SPLIT, search=search,
+                                train=TrainOverrides(max_len=32), finetune="probe", probe=ProbeConfig(epochs=6))
+               for p in shuffled_gt_files(tmp_path, PROBE_SPLIT)]
+    plan = plan_experiments(configs)
+    assert all(s.kind != "train" for s in plan.stages.values())
+    store = ArtifactStore(str(tmp_path / "store"))
+    execute(plan, store, Resources(num_cpus=4), str(tmp_path / "ray"), progress=lambda _: None)
+    (clean, shuffled) = [(read_trials(store, c.student), store.manifest(c.student).meta["best"]) for c in plan.cells]
+    trials = clean[0]
+    assert len(trials) == 4 and trials["committed"].any()
+    assert clean[1]["objective"] == trials.loc[trials["committed"], "objective"].max()
+    cols = ["alpha_max", "warmup_frac", "objective", "epochs_run", "committed"]
+    pd.testing.assert_frame_equal(trials[cols], shuffled[0][cols])
+    assert {k: clean[1][k] for k in ("alpha_max", "objective")} == {k: shuffled[1][k] for k in ("alpha_max", "objective")}
+    rows = [cell_row(store, c, n_boot=50) for c in plan.cells]
+    assert rows[0]["method"] == "search:weak" and rows[0]["ceiling_acc"] != rows[1]["ceiling_acc"]

@@ -7,37 +7,22 @@ and its labels are the same; if no GT label from B, validation or test reaches
 training or selection, the trials and the selected configuration are identical.
 """
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import ExperimentConfig, Resources, SearchConfig, SplitConfig, TrainOverrides
-from w2s_ray.data import load_rows, resolve_dataset, split_rows
 from w2s_ray.execute import execute
 from w2s_ray.plan import plan_experiments
 from w2s_ray.results import cell_row, trial_rows
 from w2s_ray.search import read_trials
 
+from conftest import shuffled_gt_files
+
 pytestmark = pytest.mark.ray
 
 SPLIT = SplitConfig(seed=0, n_weak=64, n_strong=64, n_test=64, n_val=48)
 SEARCH = SearchConfig(objective="weak", num_samples=2, max_concurrent=1, grace_period=1, seed=0)
-
-
-def _dataset_files(tmp_path):
-    rows = load_rows(resolve_dataset("multiemo-sentences"))[["text", "label"]]
-    rows = rows.iloc[: SPLIT.n_weak + SPLIT.n_strong + SPLIT.n_test + SPLIT.n_val + 40].reset_index(drop=True)
-    clean = tmp_path / "clean.parquet"
-    rows.to_parquet(clean, index=False)
-    parts = split_rows(load_rows(resolve_dataset(str(clean))), SPLIT)
-    outside_a = ~rows["text"].isin(set(parts["A"]["text"]))
-    shuffled = rows.copy()
-    labels = shuffled.loc[outside_a, "label"].to_numpy()
-    shuffled.loc[outside_a, "label"] = np.random.default_rng(1).permutation(1 - labels)  # flip, then permute
-    path = tmp_path / "shuffled.parquet"
-    shuffled.to_parquet(path, index=False)
-    return clean, path
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +31,7 @@ def searches(ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     configs = [ExperimentConfig(str(path), "minilm-l6-1l", "minilm-l6-2l", split=SPLIT, search=SEARCH,
                                 train=TrainOverrides(epochs=2, max_len=32, batch_size=16))
-               for path in _dataset_files(tmp)]
+               for path in shuffled_gt_files(tmp, SPLIT)]
     plan = plan_experiments(configs)
     store = ArtifactStore(str(tmp / "store"))
     execute(plan, store, Resources(max_concurrent_trials=2), str(tmp / "ray"), progress=lambda _: None)

@@ -267,9 +267,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.finetune not in FINETUNE_MODES:
             raise ConfigError("finetune", f"{self.finetune!r} is not allowed; allowed: {', '.join(FINETUNE_MODES)}")
-        if self.finetune == "probe" and (self.chain or self.search is not None):
-            raise ConfigError("finetune", "probe mode runs fixed-loss cells; bootstrapping chains and alpha "
-                                          "searches need finetune: full")
+        if self.finetune == "probe" and self.chain:
+            raise ConfigError("finetune", "bootstrapping chains need finetune: full (probe mode runs direct "
+                                          "students and alpha searches)")
         if self.chain and self.search is not None:
             raise ConfigError("bootstrap", "a bootstrapping chain and an alpha search cannot share a cell")
         steps = len(self.chain) + 1

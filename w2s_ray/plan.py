@@ -131,14 +131,37 @@ def search_stage(model: ModelSpec, train: TrainConfig, search: SearchConfig, dat
                   params, inputs, "search")
 
 
+def probe_search_stage(model: ModelSpec, probe: ProbeConfig, seed: int, search: SearchConfig, features: Stage,
+                       data: Stage, labels: Stage, val_labels: Stage, teacher: str) -> Stage:
+    """Probe mode's alpha search: every trial is a head on the strong model's cached features."""
+    params = {"model": model.effective(), "probe": asdict(probe), "seed": seed, "loss": {"name": "logconf"},
+              "split": "B", "targets": "weak", "search": asdict(search), "finetune": "probe"}
+    inputs = {"features": features.key, "data": data.key, "labels": labels.key, "val_labels": val_labels.key}
+    return _stage("search", f"alpha search (probe) {model.name} on labels of {teacher} (objective "
+                            f"{search.objective})", params, inputs, "search")
+
+
+def search_epochs(stage: Stage) -> int:
+    """Epochs of one trial of a search (or of a trial stage): the head's in probe mode."""
+    return stage.params["probe"]["epochs"] if "probe" in stage.params else stage.params["train"]["epochs"]
+
+
 def search_trial_stage(search: Stage, alpha_max: float, warmup_frac: float, lr: float | None) -> Stage:
-    """One trial of a search as an ordinary train stage: its own key, so a finished trial is never retrained."""
+    """One trial of a search as an ordinary train (or probe) stage: its own key, never retrained once committed."""
     p = search.params
-    train = dict(p["train"], **({"lr": round(lr, 8)} if lr is not None else {}))
     loss = LossConfig("logconf", round(alpha_max, 4), round(warmup_frac, 4))
     objective = p["search"]["objective"]
+    select = {"objective": objective, "column": SELECT_COLUMN[objective]}
+    if p.get("finetune") == "probe":
+        probe = dict(p["probe"], **({"lr": round(lr, 8)} if lr is not None else {}))
+        params = {"model": p["model"], "probe": probe, "seed": p["seed"], "loss": loss.effective(), "split": "B",
+                  "targets": "weak", "select": select}
+        name = (f"trial (probe) {p['model']['name']} a={loss.alpha_max:g} w={loss.warmup_frac:g}"
+                + (f" lr={probe['lr']:.2g}" if lr is not None else "") + f" ({objective})")
+        return _stage("probe", name, params, dict(search.inputs), "search trial")
+    train = dict(p["train"], **({"lr": round(lr, 8)} if lr is not None else {}))
     params = {"model": p["model"], "train": train, "loss": loss.effective(), "split": "B", "targets": "weak",
-              "select": {"objective": objective, "column": SELECT_COLUMN[objective]}}
+              "select": select}
     name = (f"trial {p['model']['name']} a={loss.alpha_max:g} w={loss.warmup_frac:g}"
             + (f" lr={train['lr']:.2g}" if lr is not None else "") + f" ({objective})")
     return _stage("train", name, params, dict(search.inputs), "search trial")
@@ -229,13 +252,22 @@ def plan_probe_experiment(cfg: ExperimentConfig, plan: Plan) -> Plan:
     labels = plan.add(probe_infer_stage("weak", weak, feats[weak_model.name], "B"))
     strong_feats = feats[strong_model.name]
     ceiling = plan.add(probe_stage("ceiling", strong_model, cfg.probe, seed, GT_LOSS, strong_feats, data, "B"))
-    student = plan.add(probe_stage("student", strong_model, cfg.probe, seed, cfg.loss, strong_feats, data, "B",
-                                   labels, weak_model.name))
+    if cfg.search is not None:
+        if not cfg.split.n_val:
+            raise ConfigError("split.n_val", "an alpha search needs a validation split (n_val > 0)")
+        val_labels = plan.add(probe_infer_stage("weak", weak, feats[weak_model.name], "val"))
+        student = plan.add(probe_search_stage(strong_model, cfg.probe, seed, cfg.search, strong_feats, data, labels,
+                                              val_labels, weak_model.name))
+    else:
+        student = plan.add(probe_stage("student", strong_model, cfg.probe, seed, cfg.loss, strong_feats, data, "B",
+                                       labels, weak_model.name))
     tests = [plan.add(probe_infer_stage(role, s, f, "test")).key
-             for role, s, f in (("weak", weak, feats[weak_model.name]), ("ceiling", ceiling, strong_feats),
-                                ("student", student, strong_feats))]
+             for role, s, f in (("weak", weak, feats[weak_model.name]), ("ceiling", ceiling, strong_feats))]
+    # a search's selected head is only known once it ran: its test predictions are part of its artifact
+    student_test = student.key if cfg.search is not None else plan.add(
+        probe_infer_stage("student", student, strong_feats, "test")).key
     plan.cells.append(Cell(cfg, data.key, weak.key, labels.key, tests[0], ceiling.key, tests[1], student.key,
-                           tests[2]))
+                           student_test))
     return plan
 
 
@@ -382,6 +414,7 @@ def describe_plan(spec: Any, plan: Plan) -> str:
     for i, c in enumerate(plan.cells, 1):
         cfg = c.config
         via = "".join(f" -> {m}" for m in cfg.chain)
-        lines.append(f"  {i:3}. {cfg.dataset} seed {cfg.split.seed}: {cfg.weak}{via} -> {cfg.strong}, {cfg.loss.label}"
+        loss = f"logconf, alpha searched ({cfg.search.objective} objective)" if cfg.search else cfg.loss.label
+        lines.append(f"  {i:3}. {cfg.dataset} seed {cfg.split.seed}: {cfg.weak}{via} -> {cfg.strong}, {loss}"
                      + (" (bootstrap)" if cfg.chain else ""))
     return "\n".join(lines)

@@ -130,13 +130,21 @@ def _targets(store: Any, stage: Any, ids: np.ndarray) -> np.ndarray:
     return by_id.loc[ids].to_numpy(dtype=np.float32)
 
 
+Scorer = Callable[[dict[str, torch.Tensor]], float]
+
+
 def fit_head(feats: np.ndarray, targets: np.ndarray, loss: dict[str, Any], probe: dict[str, Any],
-             seed: int, monitor: Callable[[dict[str, torch.Tensor]], float] | None = None,
+             seed: int, monitor: Scorer | None = None, validate: Scorer | None = None,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None,
              ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Train a zero-initialised 2-way linear head with the stage's loss. → (weights, per-epoch history).
 
     ``monitor`` (analysis only) sees a copy of the weights after each epoch and
     its value is logged as ``gt_test_acc``; nothing in training reads it back.
+    ``validate`` (a search trial) scores each epoch as ``objective``; the best
+    epoch's weights are returned, with the history up to that epoch (as a
+    full fine-tuning run keeps its best checkpoint). ``on_epoch`` sees each
+    epoch's record as it is made (Tune reports).
     """
     torch.manual_seed(seed)
     x = torch.from_numpy(feats)
@@ -152,7 +160,8 @@ def fit_head(feats: np.ndarray, targets: np.ndarray, loss: dict[str, Any], probe
     loss_fn = get_loss(loss["name"])
     buffer = ThresholdBuffer(loss["threshold_buffer"]) if loss.get("threshold_buffer") else None
     order = torch.Generator().manual_seed(seed)
-    history = []
+    history: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, torch.Tensor], int] | None = None
     for epoch in range(probe["epochs"]):
         losses, alpha = [], 0.0
         for idx in torch.randperm(len(x), generator=order).split(probe["batch_size"]):
@@ -170,12 +179,40 @@ def fit_head(feats: np.ndarray, targets: np.ndarray, loss: dict[str, Any], probe
             losses.append(float(value.detach()))
         history.append({"epoch": epoch + 1, "epochs": probe["epochs"], "train_loss": float(np.mean(losses)),
                         "alpha": alpha, "step": scheduler.last_epoch})
+        weights = {"weight": head.weight.detach().clone(), "mean": mean, "std": std}
         if monitor is not None:
-            history[-1]["gt_test_acc"] = monitor({"weight": head.weight.detach().clone(), "mean": mean, "std": std})
+            history[-1]["gt_test_acc"] = monitor(weights)
+        if validate is not None:
+            history[-1]["objective"] = validate(weights)
+            if best is None or history[-1]["objective"] > best[0]:  # ties keep the earlier epoch
+                best = (history[-1]["objective"], weights, epoch + 1)
+        if on_epoch is not None:
+            on_epoch(history[-1])
+    if best is not None:
+        return best[1], history[:best[2]]
     return {"weight": head.weight.detach().clone(), "mean": mean, "std": std}, history
 
 
-def test_monitor(store: Any, stage: Any) -> Callable[[dict[str, torch.Tensor]], float]:
+def validation_scorer(store: Any, stage: Any) -> Scorer:
+    """A search trial's objective on the validation split: agreement with the weak labels (``weak``: no GT
+    anywhere) or GT validation accuracy (``oracle``)."""
+    ids, feats = read_features(store, stage.inputs["features"], "val")
+    if stage.params["select"]["objective"] == "weak":
+        table = pq.read_table(store.path(stage.inputs["val_labels"], "data"), filesystem=store.fs,
+                              columns=["id", "p1"])
+    else:
+        table = pq.read_table(store.path(stage.inputs["data"], "val.parquet"), filesystem=store.fs,
+                              columns=["id", "label"])
+    frame = table.to_pandas().set_index("id")
+    target = frame[stage.params["select"]["column"]].loc[ids].to_numpy()
+
+    def objective(weights: dict[str, torch.Tensor]) -> float:
+        return float(np.mean((predict_head(weights, feats) > 0.5) == (target > 0.5)))
+
+    return objective
+
+
+def gt_test_scorer(store: Any, stage: Any) -> Scorer:
     """GT test accuracy of a head, for the training-curve analysis (paper §5) only.
 
     It is logged beside the history; selection never reads it (probe mode
@@ -197,8 +234,9 @@ def predict_head(weights: dict[str, torch.Tensor], feats: np.ndarray) -> np.ndar
         return torch.softmax(x @ weights["weight"].T, dim=-1)[:, 1].numpy()
 
 
-def run_probe_stage(stage: Any, store_uri: str) -> dict[str, Any]:
-    """Train and commit one head (a Ray task; also callable in process)."""
+def run_probe_stage(stage: Any, store_uri: str,
+                    on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train and commit one head (a Ray task, a search's Tune trial, or in process)."""
     from safetensors.torch import save_file
 
     from w2s_ray.artifacts import ArtifactStore
@@ -212,13 +250,18 @@ def run_probe_stage(stage: Any, store_uri: str) -> dict[str, Any]:
         keep = np.isin(ids, pq.read_table(store.path(stage.inputs["labels"], "data"), filesystem=store.fs,
                                           columns=["id"])["id"].to_numpy(zero_copy_only=False))
         ids, feats = ids[keep], feats[keep]
-    weights, history = fit_head(feats, _targets(store, stage, ids), stage.params["loss"], stage.params["probe"],
-                                stage.params["seed"], monitor=test_monitor(store, stage))
+    select = stage.params.get("select")
+    weights, history = fit_head(
+        feats, _targets(store, stage, ids), stage.params["loss"], stage.params["probe"], stage.params["seed"],
+        monitor=None if select else gt_test_scorer(store, stage),  # a search trial logs nothing from the test set
+        validate=validation_scorer(store, stage) if select else None, on_epoch=on_epoch)
     staging = store.staging_dir()
     save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / HEAD_FILE))
     (staging / "history.json").write_text(json.dumps(history, indent=1))
     meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
             "history": history, "seconds": time.perf_counter() - t0}
+    if select:
+        meta["selected_epoch"] = history[-1]["epoch"]
     store.commit(stage.key, staging, meta)
     shutil.rmtree(staging, ignore_errors=True)
     return meta

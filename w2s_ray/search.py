@@ -1,7 +1,9 @@
 """Alpha search for one cell: Optuna (TPE) on Ray Tune, ASHA on per-epoch validation reports.
 
 Each trial is an ordinary content-addressed ``train`` stage (a logconf
-student with the sampled ``alpha_max``, ``warmup_frac`` and optionally ``lr``)
+student with the sampled ``alpha_max``, ``warmup_frac`` and optionally ``lr``;
+in probe mode a ``probe`` stage: a head on cached features, trained in the
+trial's own process)
 that evaluates its selection objective on the validation split after every
 epoch and keeps its best-epoch checkpoint. A trial whose stage is already
 committed reports its recorded history instead of training again, and the
@@ -23,7 +25,7 @@ import pandas as pd
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.plan import Stage, infer_stage, search_trial_stage
+from w2s_ray.plan import Stage, infer_stage, probe_infer_stage, search_epochs, search_trial_stage
 
 Progress = Callable[[str], None]
 TRIALS_FILE = "trials.parquet"
@@ -51,20 +53,33 @@ def search_trial(config: dict[str, Any], stage: Stage, store_uri: str, resources
     from w2s_ray.train import fit_train_stage
 
     trial = trial_stage_of(stage, config)
+    epochs = search_epochs(trial)
     store = ArtifactStore(store_uri)
     manifest = store.manifest(trial.key)
     if manifest is not None:  # trained before (resume): replay its reports so TPE and ASHA see them
         for h in manifest.meta["history"]:
             tune.report({k: h[k] for k in ("epoch", "objective", "train_loss")})
-        if manifest.meta["history"][-1]["epoch"] < trial.params["train"]["epochs"]:  # best epoch was not the last
+        if manifest.meta["history"][-1]["epoch"] < epochs:  # best epoch was not the last
             best = manifest.meta["history"][-1]
-            tune.report({"epoch": trial.params["train"]["epochs"], "objective": best["objective"],
+            tune.report({"epoch": epochs, "objective": best["objective"],
                          "train_loss": best["train_loss"], "selected_epoch": best["epoch"]})
         return
-    meta = fit_train_stage(trial, store, resources, storage_path, torch_threads,
-                           callbacks=[_all_but_last_epoch(TuneReportCallback)()])
+    if trial.kind == "probe":  # a head on cached features, trained in this trial's process
+        import torch
+
+        from w2s_ray.probe import run_probe_stage
+
+        def report_all_but_last(h: dict[str, Any]) -> None:  # the last epoch is reported after the commit
+            if h["epoch"] < epochs:
+                tune.report({k: h[k] for k in ("epoch", "objective", "train_loss")})
+
+        torch.set_num_threads(torch_threads)
+        meta = run_probe_stage(trial, store_uri, on_epoch=report_all_but_last)
+    else:
+        meta = fit_train_stage(trial, store, resources, storage_path, torch_threads,
+                               callbacks=[_all_but_last_epoch(TuneReportCallback)()])
     best = meta["history"][-1]  # the kept checkpoint's history ends at its (best) epoch
-    tune.report({"epoch": trial.params["train"]["epochs"], "objective": best["objective"],  # after the commit
+    tune.report({"epoch": epochs, "objective": best["objective"],  # after the commit
                  "train_loss": best["train_loss"], "selected_epoch": best["epoch"]})
 
 
@@ -121,21 +136,9 @@ def run_search_stage(stage: Stage, store: ArtifactStore, resources: Resources, s
     if not trials["committed"].any():
         raise RuntimeError(f"{stage.name}: no trial finished")
     progress(f"    predicting the test set with {int(trials['committed'].sum())} finished trial(s) (report only)")
-    from w2s_ray.label import run_infer_stage
-
     test_keys = []
     for row in trials.itertuples():
-        key = None
-        if row.committed:
-            infer = infer_stage("search trial", Stage(row.trial_key, "train", row.trial_name,
-                                                      {"train": stage.params["train"], "model": stage.params["model"]},
-                                                      {}, "search trial"),
-                                stage.inputs["data"], "test")
-            if not store.exists(infer.key):
-                run_infer_stage(infer, store, threads=resources.torch_threads or (os.cpu_count() or 1),
-                                use_gpu=resources.use_gpu)
-            key = infer.key
-        test_keys.append(key)
+        test_keys.append(_predict_test(stage, row, store, resources) if row.committed else None)
     trials["test_key"] = test_keys
     best = trials[trials["committed"]].sort_values(["objective", "trial_index"], ascending=[False, True]).iloc[0]
     staging = store.staging_dir()
@@ -147,6 +150,27 @@ def run_search_stage(stage: Stage, store: ArtifactStore, resources: Resources, s
             "trials": len(trials), "finished": int(trials["committed"].sum())}
     store.commit(stage.key, staging, meta)
     return meta
+
+
+def _predict_test(stage: Stage, row: Any, store: ArtifactStore, resources: Resources) -> str:
+    """Test predictions of one finished trial (for the report only); → their artifact key."""
+    from w2s_ray.label import run_infer_stage
+    from w2s_ray.probe import run_probe_infer_stage
+
+    if stage.params.get("finetune") == "probe":
+        head = Stage(row.trial_key, "probe", row.trial_name, {"model": stage.params["model"]}, {}, "search trial")
+        features = Stage(stage.inputs["features"], "features", "features", {}, {}, "features")
+        infer = probe_infer_stage("search trial", head, features, "test")
+        if not store.exists(infer.key):
+            run_probe_infer_stage(infer, store.uri)
+        return infer.key
+    trained = Stage(row.trial_key, "train", row.trial_name,
+                    {"train": stage.params["train"], "model": stage.params["model"]}, {}, "search trial")
+    infer = infer_stage("search trial", trained, stage.inputs["data"], "test")
+    if not store.exists(infer.key):
+        run_infer_stage(infer, store, threads=resources.torch_threads or (os.cpu_count() or 1),
+                        use_gpu=resources.use_gpu)
+    return infer.key
 
 
 def _plain(v: Any) -> Any:
@@ -183,7 +207,7 @@ def _tune(stage: Stage, store: ArtifactStore, resources: Resources, storage_path
             tune_config=tune.TuneConfig(
                 metric="objective", mode="max", num_samples=search["num_samples"],
                 search_alg=ConcurrencyLimiter(OptunaSearch(seed=search["seed"]), max_concurrent=concurrent),
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=stage.params["train"]["epochs"],
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=search_epochs(stage),
                                         grace_period=search["grace_period"],
                                         reduction_factor=search["reduction_factor"]),
             ),
@@ -204,12 +228,13 @@ def _trial_table(stage: Stage, store: ArtifactStore, grid: Any) -> pd.DataFrame:
         history = result.metrics_dataframe
         objective = float(history["objective"].max()) if history is not None and "objective" in history else None
         committed = store.exists(trial.key)  # a committed trial trained every epoch (it kept its best one)
-        epochs = stage.params["train"]["epochs"] if committed else (
+        epochs = search_epochs(stage) if committed else (
             int(history["epoch"].max()) if history is not None and "epoch" in history else 0)
         rows.append({
             "trial_index": i, "trial_key": trial.key, "trial_name": trial.name,
             "alpha_max": trial.params["loss"]["alpha_max"], "warmup_frac": trial.params["loss"]["warmup_frac"],
-            "lr": trial.params["train"]["lr"], "objective": objective, "epochs_run": epochs,
+            "lr": (trial.params.get("probe") or trial.params["train"])["lr"], "objective": objective,
+            "epochs_run": epochs,
             "stopped_early": not committed and result.error is None, "committed": committed,
             "error": None if result.error is None else str(result.error).strip().splitlines()[-1],
         })

@@ -335,8 +335,9 @@ def _check_semantics(spec: SweepSpec) -> None:
         _check_search(spec)
     if spec.bootstrap is not None:
         _check_bootstrap(spec)
-    if spec.finetune == "probe" and (spec.search is not None or spec.bootstrap is not None):
-        raise ConfigError("finetune", "probe mode runs fixed-loss cells; search and bootstrap need finetune: full")
+    if spec.finetune == "probe" and spec.bootstrap is not None:
+        raise ConfigError("finetune", "bootstrapping chains need finetune: full (probe mode runs direct "
+                                      "students and alpha searches)")
     if spec.resources.profile == "cluster" and not spec.resources.storage:
         raise ConfigError("resources.storage", "a cluster profile needs shared storage (NFS path, s3:// or gs://)")
 
