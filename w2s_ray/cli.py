@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from w2s_ray.config import (
     LOSS_NAMES,
@@ -166,6 +166,13 @@ def _execute(command: str, plan, layout, resources: Resources, info: dict) -> in
     from w2s_ray.results import format_grid, format_table
     from w2s_ray.sweep import run_plan
 
+    from w2s_ray.execute import INTERRUPTED
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        INTERRUPTED.set()  # seen between stages even if a running Ray Data job swallows the exception
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         result = run_plan(plan, layout, resources, info, progress=_say)
     except StageFailed as e:
@@ -174,6 +181,9 @@ def _execute(command: str, plan, layout, resources: Resources, info: dict) -> in
     except KeyboardInterrupt:
         _fail(command, "interrupted; committed stages are kept: re-run the same command to resume")
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        INTERRUPTED.clear()
     _say("")
     _say(format_table(result.rows[0]) if len(result.rows) == 1 else format_grid(pd_frame(result.rows)))
     _say(f"\n{result.stages_run} stage(s) run, {result.stages_loaded} loaded from artifacts, "

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,17 @@ RAY_ENV = {
 
 class StageFailed(RuntimeError):
     pass
+
+
+# Set by the CLI's SIGINT handler. Python raises KeyboardInterrupt in the main
+# thread, but a blocking Ray Data job can swallow it and run on; execute()
+# checks this flag between stages, so Ctrl-C always stops at the next one.
+INTERRUPTED = threading.Event()
+
+
+def _stop_if_interrupted() -> None:
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -236,6 +248,7 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
     total = len(plan.stages)
     done = 0
     for layer in layers:
+        _stop_if_interrupted()
         todo = [s for s in layer if not store.exists(s.key)]
         for s in layer:
             if s not in todo:
@@ -277,6 +290,7 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
                      f"finished ({meta['seconds']:.1f}s)")
         jobs = [s for s in todo if s.kind in ("features", "infer")]
         for s, meta in _run_data_jobs(jobs, store, resources):
+            _stop_if_interrupted()
             done += 1
             report.ran[s.key] = meta["seconds"]
             rows = sum(meta["rows"].values()) if isinstance(meta["rows"], dict) else meta["rows"]
