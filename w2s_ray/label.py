@@ -57,6 +57,7 @@ class Predictor:
             logits = self.model(**encode(self.tokenizer, texts, self.max_len, self.device))
             return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
 
+
 def _keep_slice(batch: "Any", index: int, count: int) -> "Any":
     from w2s_ray.data import bootstrap_slice
 

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 
 from w2s_ray.losses import NEEDS_BATCH_THRESHOLD, LossContext, ThresholdBuffer, alpha_at, get_loss
+from w2s_ray.train import cosine_schedule
 
 FEATURES_BATCH = 256  # rows per Ray Data batch
 FORWARD_CHUNK = 32  # rows per forward pass, grouped by length
@@ -155,8 +156,7 @@ def fit_head(feats: np.ndarray, targets: np.ndarray, loss: dict[str, Any], probe
     torch.nn.init.zeros_(head.weight)
     optimizer = torch.optim.AdamW(head.parameters(), lr=probe["lr"], weight_decay=probe["weight_decay"])
     steps = probe["epochs"] * math.ceil(len(x) / probe["batch_size"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps)
-                                                                                           / steps)))
+    scheduler = cosine_schedule(optimizer, steps)  # the full fine-tuning schedule
     loss_fn = get_loss(loss["name"])
     buffer = ThresholdBuffer(loss["threshold_buffer"]) if loss.get("threshold_buffer") else None
     order = torch.Generator().manual_seed(seed)

@@ -227,9 +227,8 @@ def short_loss(r: dict[str, Any]) -> str:
     """xent, logconf(a=0.5), or search:weak(a=0.31) for a searched student."""
     if str(r.get("method", "fixed")).startswith("search"):
         return f"{r['method']}(a={r['best_alpha_max']:.2f})"
-    if r.get("method") == "bootstrap":
-        return "boot:" + (f"{r['loss']}(a={r['alpha_max']:g})" if _present(r.get("alpha_max")) else r["loss"])
-    return f"{r['loss']}(a={r['alpha_max']:g})" if _present(r.get("alpha_max")) else r["loss"]
+    loss = f"{r['loss']}(a={r['alpha_max']:g})" if _present(r.get("alpha_max")) else r["loss"]
+    return f"boot:{loss}" if r.get("method") == "bootstrap" else loss
 
 
 def format_grid(frame: pd.DataFrame) -> str:
