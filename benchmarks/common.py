@@ -67,6 +67,7 @@ def bare_train(params: dict[str, Any], rows: pd.DataFrame, target: str, threads:
     """The engine's loop without Ray: same loader, loss step, AdamW, cosine schedule, batches, epochs."""
     from w2s_ray.losses import get_loss  # noqa: F401  (imported for parity with the worker)
     from w2s_ray.models import load_pretrained
+    from w2s_ray.ingest import epoch_order
     from w2s_ray.train import LoopConfig, cosine_schedule, model_spec, optimizer_step
 
     torch.set_num_threads(threads)
@@ -81,7 +82,7 @@ def bare_train(params: dict[str, Any], rows: pd.DataFrame, target: str, threads:
     texts, targets = rows["text"].to_numpy(), rows[target].to_numpy(dtype=np.float32)
     t0 = time.perf_counter()
     for epoch in range(t["epochs"]):
-        order = np.random.default_rng(t["seed"] * 1009 + epoch).permutation(len(rows))
+        order = epoch_order(len(rows), t["seed"], epoch)
         for i in range(0, len(rows), t["batch_size"]):
             idx = order[i:i + t["batch_size"]]
             optimizer_step(model, tok, texts[idx], torch.as_tensor(targets[idx]), cfg, sched.last_epoch / total,

@@ -27,7 +27,7 @@ from w2s_ray.plan import plan_experiment
 from w2s_ray.results import cell_row
 
 
-def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict]:
+def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict[str, dict[str, float]], dict]:
     shutil.rmtree(out, ignore_errors=True)
     plan = plan_experiment(experiment(a))
     store = ArtifactStore(str(out / "store"))
@@ -35,11 +35,16 @@ def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict]:
     t0 = time.perf_counter()
     report = execute(plan, store, Resources(), str((out / "ray").resolve()), progress=lines.append)
     total = time.perf_counter() - t0
-    by_role = {}
+    by_role, inside = {}, {}
     for key, seconds in report.ran.items():
         role = plan.stages[key].role
         by_role[role] = by_role.get(role, 0.0) + seconds
-    return total, by_role, cell_row(store, plan.cells[0])
+        if plan.stages[key].kind == "train":
+            inside[role] = store.manifest(key, verify=False).meta["timing"]
+    print("\nengine phases (wall, in order):")
+    for what, seconds in report.phases:
+        print(f"  {seconds:7.1f}s  {what}")
+    return total, by_role, inside, cell_row(store, plan.cells[0])
 
 
 def run_bare(a, data_dir: Path, plan) -> tuple[float, dict[str, float], dict]:
@@ -68,7 +73,7 @@ def run_bare(a, data_dir: Path, plan) -> tuple[float, dict[str, float], dict]:
 def main() -> None:
     a = experiment_args(__doc__.splitlines()[0]).parse_args()
     out = Path(a.out) / "engine_overhead"
-    engine_total, engine_stages, row = run_engine(a, out)
+    engine_total, engine_stages, inside, row = run_engine(a, out)
     plan = plan_experiment(experiment(a))
     data_dir = ArtifactStore(str(out / "store")).local_dir(plan.cells[0].data)
     bare_total, bare_stages, bare_acc = run_bare(a, data_dir, plan)
@@ -81,6 +86,14 @@ def main() -> None:
         print(f"{role:22}{e:>10.1f}{b:>10.1f}{e - b:>12.1f}")
     print(f"{'wall':22}{engine_total:>10.1f}{bare_total:>10.1f}{engine_total - bare_total:>12.1f}")
     print(f"\nratio engine / bare (wall): {engine_total / bare_total:.2f}x")
+    print("\ninside each engine training (its timing record): launch = fit() called -> worker loop running "
+          "(Train controller and worker processes, imports); setup = model load + ingest; loop = the steps; "
+          "ckpt = checkpoints, reports, teardown")
+    cols = ("fit_s", "launch_s", "setup_s", "loop_s", "checkpoint_report_s")
+    print(f"{'training':22}" + "".join(f"{c.split('_')[0]:>9}" for c in cols) + f"{'bare':>9}")
+    for role, timing in inside.items():
+        print(f"{role:22}" + "".join(f"{timing.get(c, float('nan')):>9.1f}" for c in cols)
+              + f"{bare_stages.get(role, 0.0):>9.1f}")
     print("engine stage times are measured inside each stage (Train run, Data job); stages of one layer run "
           "concurrently (weak and ceiling share the cores), so they overlap and do not add up to the wall; "
           f"the sum of engine stage times is {sum(engine_stages.values()):.1f}s")

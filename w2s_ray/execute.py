@@ -69,6 +69,7 @@ class ExecutionReport:
 
     ran: dict[str, float] = field(default_factory=dict)
     cached: list[str] = field(default_factory=list)
+    phases: list[tuple[str, float]] = field(default_factory=list)  # (what, wall s) in the order they ran
 
 
 ORPHAN_AGE_S = 60.0
@@ -275,7 +276,8 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
             for s in train:
                 done += 1
                 report.ran[s.key] = store.manifest(s.key, verify=False).meta["seconds"]
-            progress(f"    layer done in {time.perf_counter() - t0:.1f}s")
+            report.phases.append(("train " + ", ".join(s.name for s in train), time.perf_counter() - t0))
+            progress(f"    layer done in {report.phases[-1][1]:.1f}s")
         for s in [s for s in todo if s.kind == "search"]:
             from w2s_ray.search import run_search_stage
 
@@ -289,10 +291,13 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
                      f"{meta['objective']}: {b['objective']:.4f}); {meta['finished']}/{meta['trials']} trials "
                      f"finished ({meta['seconds']:.1f}s)")
         jobs = [s for s in todo if s.kind in ("features", "infer")]
+        t0 = time.perf_counter()
         for s, meta in _run_data_jobs(jobs, store, resources):
             _stop_if_interrupted()
             done += 1
             report.ran[s.key] = meta["seconds"]
+            report.phases.append((s.name, time.perf_counter() - t0))
+            t0 = time.perf_counter()
             rows = sum(meta["rows"].values()) if isinstance(meta["rows"], dict) else meta["rows"]
             progress(f"[{done}/{total}] {s.name}: {rows} rows{' cached' if s.kind == 'features' else ''} "
                      f"({meta['seconds']:.1f}s)")

@@ -1,7 +1,8 @@
 """Fine-tuning on Ray Train: the per-worker loop and the stage that launches it.
 
-The loop reads its rows from a Ray Data shard (``text`` + a target column:
-GT ``label`` or the weak model's ``p1``), steps AdamW with a cosine schedule,
+The loop reads its rows (``text`` + a target column: GT ``label`` or the
+weak model's ``p1``) by the route :mod:`w2s_ray.ingest` picks (in memory for
+small tables, a Ray Data shard for large ones), steps AdamW with a cosine schedule,
 and reports once per epoch with a checkpoint, so a restarted run resumes
 from its last epoch. Gradient accumulation keeps the confidence loss's
 hardening threshold batch-level: a no-grad pass over the whole optimizer
@@ -18,11 +19,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from w2s_ray.ingest import Ingest, Source, route
 from w2s_ray.losses import (
     NEEDS_BATCH_THRESHOLD,
     LossContext,
@@ -51,6 +53,7 @@ class LoopConfig:
     parallel: str = "ddp"  # ddp, or fsdp for models that do not fit one GPU (see presets.trial_resources)
     gradient_checkpointing: bool = False
     monitor: bool = False  # log GT test accuracy per epoch (analysis only: never reported as the objective)
+    sources: dict[str, dict[str, Any]] | None = None  # tables read in memory (see ingest); others are Ray Data shards
 
     @property
     def steps_per_epoch(self) -> int:
@@ -104,18 +107,18 @@ def optimizer_step(
     return total, alpha
 
 
-def validation_objective(model: torch.nn.Module, tokenizer: Any, shard: Any, column: str, max_len: int,
-                         device: torch.device) -> float:
-    """Accuracy on the validation shard against ``column``: weak labels (``p1``) or GT (``label``).
+def validation_objective(model: torch.nn.Module, tokenizer: Any, batches: Iterable[dict[str, np.ndarray]],
+                         column: str, max_len: int, device: torch.device) -> float:
+    """Accuracy on this rank's validation rows against ``column``: weak labels (``p1``) or GT (``label``).
 
-    Which column the shard carries is the selection objective: with ``weak``
+    Which column the rows carry is the selection objective: with ``weak``
     the validation rows reach the worker without any GT column at all.
     Counts are summed over workers, so every rank reports the same value.
     """
     model.eval()
     right = total = 0
     with torch.inference_mode():
-        for batch in shard.iter_batches(batch_size=128, batch_format="numpy"):
+        for batch in batches:
             logits = model(**encode(tokenizer, batch["text"], max_len, device))
             pred = logits.argmax(-1).cpu().numpy()
             right += int((pred == (np.asarray(batch[column]) > 0.5)).sum())
@@ -189,9 +192,14 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
 def _save_checkpoint(out: Path, model: torch.nn.Module, tokenizer: Any, optimizer: Any, scheduler: Any,
                      epoch: int, history: list[dict[str, Any]], cfg: LoopConfig,
                      full_state: dict[str, torch.Tensor] | None = None) -> None:
-    """Weights, and the optimizer/schedule/epoch to resume from (FSDP: the optimizer restarts, being sharded)."""
+    """Weights, and the optimizer/schedule/epoch to resume from.
+
+    The optimizer state (AdamW: twice the weights' bytes) is left out where no
+    resume needs it: after the last epoch, and under FSDP (sharded: it restarts).
+    """
     save_classifier(_unwrap(model), tokenizer, out / MODEL_DIR, {"model": cfg.model}, state_dict=full_state)
-    optimizer_state = optimizer.state_dict() if full_state is None else None
+    last = epoch >= cfg.train["epochs"]
+    optimizer_state = optimizer.state_dict() if full_state is None and not last else None
     torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "epoch": epoch,
                 "rng": torch.get_rng_state()}, out / TRAIN_STATE)
     (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -202,6 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    started, started_at = time.perf_counter(), time.time()
     cfg = LoopConfig(**config)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -232,17 +241,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-    shard = ray.train.get_dataset_shard("train")
     size = cfg.loss.get("threshold_buffer", 0)
     buffer = ThresholdBuffer(size) if size else None  # starts empty on resume: it refills within N rows
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tables = {name: Ingest(name, cfg.sources, rank, world) for name in ("train", "val", "monitor")}
+    t_ingest = time.perf_counter()
+    for name, wanted in (("train", True), ("val", bool(cfg.select)), ("monitor", cfg.monitor)):
+        if wanted:
+            tables[name].load()
+    setup = {"worker_started_at": started_at, "setup_s": time.perf_counter() - started,
+             "ingest_s": time.perf_counter() - t_ingest}
     model.train()
     for epoch in range(start_epoch, cfg.train["epochs"]):
         t0, losses, seen, alpha = time.perf_counter(), [], 0, 0.0
-        batches = shard.iter_batches(
-            batch_size=cfg.train["batch_size"], batch_format="numpy",
-            local_shuffle_buffer_size=min(cfg.n_rows, 4096), local_shuffle_seed=seed * 1009 + epoch,
-        )
-        for batch in batches:
+        for batch in tables["train"].epoch(epoch, cfg.train["batch_size"], seed):
             targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
             with precision(device):
                 loss, alpha = optimizer_step(model, tokenizer, batch["text"], targets, cfg,
@@ -254,11 +266,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"], "train_loss": float(np.mean(losses)),
                    "alpha": alpha, "step": scheduler.last_epoch, "samples": seen,
                    "samples_per_s": seen / seconds, "epoch_s": seconds}
+        if epoch == start_epoch:  # model load, device placement, ingest of in-memory shards
+            metrics.update(setup)
         if cfg.select:
-            metrics["objective"] = validation_objective(model, tokenizer, ray.train.get_dataset_shard("val"),
+            metrics["objective"] = validation_objective(model, tokenizer, tables["val"].batches(128),
                                                         cfg.select["column"], cfg.train["max_len"], device)
         if cfg.monitor:
-            metrics["gt_test_acc"] = validation_objective(model, tokenizer, ray.train.get_dataset_shard("monitor"),
+            metrics["gt_test_acc"] = validation_objective(model, tokenizer, tables["monitor"].batches(128),
                                                           "label", cfg.train["max_len"], device)
         history.append(metrics)
         full_state = full_state_dict(model)
@@ -285,30 +299,19 @@ def fit_train_stage(
     The Train run is named by the stage key, so a re-run after a crash resumes
     from the run's last epoch checkpoint instead of starting over.
     """
-    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
     params = stage.params
-    data_key, split = stage.inputs["data"], params["split"]
-    if params["targets"] == "gt":
-        path, target = store.data_uri(data_key, f"{split}.parquet"), "label"
-    else:  # weak labels: the artifact has id, text, p1 and no GT column at all
-        path, target = store.data_uri(stage.inputs["labels"], "data"), "p1"
-    n_rows = (store.manifest(data_key).meta["rows"][split] if params["targets"] == "gt"
-              else store.manifest(stage.inputs["labels"]).meta["rows"])  # a bootstrap step's slice of B
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    datasets = {"train": ray.data.read_parquet(path).select_columns(["text", target])}
-    select = params.get("select")
-    if select:
-        datasets["val"] = _validation_dataset(stage, store, select)
-    if params.get("monitor") == "gt_test":  # analysis only; selection reads "objective", never this
-        datasets["monitor"] = ray.data.read_parquet(store.data_uri(data_key, "test.parquet")).select_columns(
-            ["text", "label"])
+    sources = _sources(stage, store)
+    memory, datasets = route(sources)
     gpu = gpu_plan(params, resources)
-    loop = LoopConfig(model=params["model"], train=params["train"], loss=params["loss"], target_column=target,
-                      n_rows=n_rows, torch_threads=torch_threads, select=select, parallel=gpu["parallel"],
-                      gradient_checkpointing=gpu["gradient_checkpointing"], monitor="monitor" in datasets)
+    select = params.get("select")
+    loop = LoopConfig(model=params["model"], train=params["train"], loss=params["loss"],
+                      target_column=sources["train"].columns[1], n_rows=sources["train"].rows,
+                      torch_threads=torch_threads, select=select, parallel=gpu["parallel"],
+                      gradient_checkpointing=gpu["gradient_checkpointing"], monitor="monitor" in sources,
+                      sources=memory)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.__dict__,
@@ -326,7 +329,7 @@ def fit_train_stage(
         ),
         datasets=datasets,
     )
-    t0 = time.perf_counter()
+    t0, fit_at = time.perf_counter(), time.time()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
     chosen = result.get_best_checkpoint("objective", "max") if select else result.checkpoint
@@ -336,17 +339,61 @@ def fit_train_stage(
                 "history": history}  # with selection: up to the selected (best) epoch
         if select:
             meta["selected_epoch"] = history[-1]["epoch"]
+        t_commit = time.perf_counter()
+        meta["timing"] = stage_timing(_full_history(result) if select else history, fit_at, seconds)
         store.commit(stage.key, Path(d), meta, exclude=(TRAIN_STATE,))
+    meta["timing"]["commit_s"] = time.perf_counter() - t_commit
     return meta
 
 
-def _validation_dataset(stage: Any, store: Any, select: dict[str, Any]) -> Any:
-    """Validation rows for model selection: weak labels (objective weak) or GT (objective oracle)."""
-    import ray.data
+def stage_timing(history: list[dict[str, Any]], fit_at: float, fit_s: float) -> dict[str, float]:
+    """Where a training's wall time went, from the full per-epoch history of its latest checkpoint.
 
-    if select["objective"] == "weak":
-        return ray.data.read_parquet(store.data_uri(stage.inputs["val_labels"], "data")).select_columns(["text", "p1"])
-    return ray.data.read_parquet(store.data_uri(stage.inputs["data"], "val.parquet")).select_columns(["text", "label"])
+    launch: ``fit()`` called -> worker loop running (controller, worker
+    process, imports); setup: model load + ingest; loop: this run's steps
+    (a resumed run counts only the epochs it ran itself); the remainder of
+    ``fit()`` is checkpointing, reporting and teardown.
+    """
+    firsts = [i for i, h in enumerate(history) if "worker_started_at" in h]
+    if not firsts:
+        return {"fit_s": fit_s}
+    first = history[firsts[-1]]
+    launch, setup = first["worker_started_at"] - fit_at, first["setup_s"]
+    loop = sum(h["epoch_s"] for h in history[firsts[-1]:])
+    return {"fit_s": fit_s, "launch_s": launch, "setup_s": setup, "ingest_s": first["ingest_s"], "loop_s": loop,
+            "checkpoint_report_s": fit_s - launch - setup - loop}
+
+
+def _full_history(result: Any) -> list[dict[str, Any]]:
+    """Every epoch's metrics (the selected checkpoint's history stops at its epoch; the latest one's does not)."""
+    with result.checkpoint.as_directory() as d:
+        return json.loads((Path(d) / "history.json").read_text())
+
+
+def _sources(stage: Any, store: Any) -> dict[str, Source]:
+    """The tables a training reads: its train rows, validation rows (selection), GT test rows (monitor).
+
+    Train rows are a GT split (``label``) or weak labels (``p1``; that
+    artifact has no GT column at all). Validation for the weak objective is
+    weak-labelled too; only the oracle objective reads GT validation labels.
+    """
+    params, data_key = stage.params, stage.inputs["data"]
+    data_rows = store.manifest(data_key).meta["rows"]
+    if params["targets"] == "gt":
+        split = params["split"]
+        sources = {"train": Source(store.data_uri(data_key, f"{split}.parquet"), ("text", "label"), data_rows[split])}
+    else:  # a bootstrap step's labels cover its slice of B only: count from the labels artifact
+        labels = stage.inputs["labels"]
+        sources = {"train": Source(store.data_uri(labels, "data"), ("text", "p1"), store.manifest(labels).meta["rows"])}
+    select = params.get("select")
+    if select and select["objective"] == "weak":
+        val = stage.inputs["val_labels"]
+        sources["val"] = Source(store.data_uri(val, "data"), ("text", "p1"), store.manifest(val).meta["rows"])
+    elif select:
+        sources["val"] = Source(store.data_uri(data_key, "val.parquet"), ("text", "label"), data_rows["val"])
+    if params.get("monitor") == "gt_test":  # analysis only; selection reads "objective", never this
+        sources["monitor"] = Source(store.data_uri(data_key, "test.parquet"), ("text", "label"), data_rows["test"])
+    return sources
 
 
 def _checkpoint_config(select: dict[str, Any] | None) -> Any:
