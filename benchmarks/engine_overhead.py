@@ -33,7 +33,8 @@ def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict[str, dict[st
     store = ArtifactStore(str(out / "store"))
     lines: list[str] = []
     t0 = time.perf_counter()
-    report = execute(plan, store, Resources(), str((out / "ray").resolve()), progress=lines.append)
+    resources = Resources(torch_threads=a.torch_threads, max_concurrent_trials=a.concurrent)
+    report = execute(plan, store, resources, str((out / "ray").resolve()), progress=lines.append)
     total = time.perf_counter() - t0
     by_role, inside = {}, {}
     for key, seconds in report.ran.items():
@@ -71,7 +72,10 @@ def run_bare(a, data_dir: Path, plan) -> tuple[float, dict[str, float], dict]:
 
 
 def main() -> None:
-    a = experiment_args(__doc__.splitlines()[0]).parse_args()
+    p = experiment_args(__doc__.splitlines()[0])
+    p.add_argument("--torch-threads", type=int, default=None, help="per training (default: cores / concurrent)")
+    p.add_argument("--concurrent", type=int, default=Resources.max_concurrent_trials, help="trainings at a time")
+    a = p.parse_args()
     out = Path(a.out) / "engine_overhead"
     engine_total, engine_stages, inside, row = run_engine(a, out)
     plan = plan_experiment(experiment(a))

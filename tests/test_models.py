@@ -54,6 +54,18 @@ def test_head_starts_at_zero_so_first_predictions_are_uniform():
     assert torch.equal(model(ids, torch.ones_like(ids)), torch.zeros(1, 2))
 
 
+def test_head_computes_in_fp32_under_bf16_autocast():
+    """Autocast would run the Linear head in bf16 despite a .float() input; the engine's GPU path relies on fp32 logits."""
+    model = Classifier(_tiny_gpt2(), "last")
+    torch.nn.init.normal_(model.head.weight)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids, torch.ones_like(ids))
+    assert logits.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the fix guards against
+        assert model.head(torch.ones(1, 16)).dtype == torch.bfloat16
+
+
 def test_resolve_model_names_paths_and_hub_ids(tmp_path):
     assert resolve_model("minilm-l6").source == "offline:minilm-l6"
     assert resolve_model("minilm-l6-1l").num_layers == 1

@@ -44,6 +44,9 @@ RAY_ENV = {
     # The raylet warns once the worker processes it started exceed 4x this
     # (default: the core count, 2 here); trials, Train workers and Data actors
     # legitimately need ~20 on a small machine.
+    # Train's controller polls its workers this often (default 2 s): a finished
+    # training is noticed sooner; a slow poll is only a missed check, not a failure.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_worker_maximum_startup_concurrency": "8",  # with verbose=0 the legacy reporter is silent; we print our own progress
 }
 

@@ -1,14 +1,19 @@
 """Batch inference with Ray Data: weak labels on half B, predictions on test.
 
-``read_parquet → map_batches(actor pool) → write_parquet``: each actor loads
-the trained checkpoint once, rows stream through and never pass through the
-driver. The output holds ``id``, ``p1`` (P(class 1)) and, for weak labels,
-``text``; never the ground-truth label, so a student that trains on it cannot
-see GT.
+``read_parquet → map_batches → write_parquet``: rows stream through and never
+pass through the driver. On GPUs the map runs in an actor pool (each actor
+loads the checkpoint once; Ray does not reuse GPU task processes). On CPUs it
+runs as tasks in Ray's pooled worker processes, each keeping the last model it
+loaded: a job then costs a model load, not a fresh actor process importing
+torch and transformers (measured on 2 cores: ~10 s per small job with an actor
+pool, see benchmarks/engine_overhead.py). The output holds ``id``, ``p1``
+(P(class 1)) and, for weak labels, ``text``; never the ground-truth label, so
+a student that trains on it cannot see GT.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from typing import Any
@@ -17,6 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from w2s_ray.ingest import Source, input_dataset
 from w2s_ray.models import load_classifier
 
 INFER_BATCH = 256  # rows per Ray Data batch
@@ -58,6 +64,21 @@ class Predictor:
             return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
 
 
+@functools.lru_cache(maxsize=1)
+def _cached_predictor(store_uri: str, model_key: str, max_len: int, keep_text: bool,
+                      threads: int | None) -> Predictor:
+    """The model this worker process loaded last (a pooled process serves job after job)."""
+    return Predictor(store_uri, model_key, max_len, keep_text, threads)
+
+
+def predict_batch(batch: dict[str, np.ndarray], **predictor: Any) -> dict[str, np.ndarray]:
+    """Task form of :class:`Predictor` (CPU): P(class 1) with the process's cached model."""
+    model = _cached_predictor(**predictor)
+    if predictor.get("threads"):
+        torch.set_num_threads(predictor["threads"])  # a pooled process may have served another setting
+    return model(batch)
+
+
 def _keep_slice(batch: "Any", index: int, count: int) -> "Any":
     from w2s_ray.data import bootstrap_slice
 
@@ -69,25 +90,25 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
     """Label (split B) or predict (test) with the stage's model; commit the parquet."""
     import ray.data
 
-    split = stage.params["split"]
-    source = store.data_uri(stage.inputs["data"], f"{split}.parquet")
+    split, data_key = stage.params["split"], stage.inputs["data"]
     keep_text = split in ("B", "val")  # weak labels are training / selection rows
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # same batches on every run
     t0 = time.perf_counter()
-    ds = ray.data.read_parquet(source)
-    if "slice" in stage.params:  # a bootstrapping step labels only its own slice of B
+    sliced = "slice" in stage.params  # a bootstrapping step labels only its own slice of B
+    ds = input_dataset(Source(store.data_uri(data_key, f"{split}.parquet"), ("id", "text", "group") if sliced
+                              else ("id", "text"), store.manifest(data_key).meta["rows"][split]))
+    if sliced:
         index, count = stage.params["slice"]
         ds = ds.map_batches(_keep_slice, fn_kwargs={"index": index, "count": count}, batch_format="pandas")
-    ds = ds.select_columns(["id", "text"])
-    out = ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"store_uri": store.uri, "model_key": stage.inputs["model"],
-                               "max_len": stage.params["max_len"], "keep_text": keep_text, "threads": threads},
-        batch_size=INFER_BATCH,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),
-        num_cpus=1,
-        num_gpus=1 if use_gpu else 0,
-    )
+        ds = ds.select_columns(["id", "text"])
+    predictor = {"store_uri": store.uri, "model_key": stage.inputs["model"], "max_len": stage.params["max_len"],
+                 "keep_text": keep_text, "threads": threads}
+    if use_gpu:
+        out = ds.map_batches(Predictor, fn_constructor_kwargs=predictor, batch_size=INFER_BATCH, num_cpus=1,
+                             num_gpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)))
+    else:
+        out = ds.map_batches(predict_batch, fn_kwargs=predictor, batch_size=INFER_BATCH, num_cpus=1,
+                             concurrency=max(actors, 1))
     staging = store.staging_dir()
     out.write_parquet(str(staging / "data"))
     rows = pq.ParquetDataset(str(staging / "data")).read(columns=["id"]).num_rows

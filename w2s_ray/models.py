@@ -241,7 +241,14 @@ class Classifier(nn.Module):
         return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(input_ids, attention_mask).float())
+        """Logits, computed in fp32 by the head even under bf16 autocast.
+
+        ``.float()`` alone is not enough: autocast casts a Linear's inputs back
+        to bf16, so the head runs with autocast off.
+        """
+        features = self.features(input_ids, attention_mask).float()
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.head(features)
 
 
 def _no_dropout(config: Any) -> None:
