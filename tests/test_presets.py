@@ -120,3 +120,26 @@ def test_gpu_plan_widens_trials_for_models_that_do_not_fit_one_gpu():
     big = gpu_plan(params("qwen2.5-14b"), Resources(use_gpu=True))
     assert big["num_workers"] > 1 and big["parallel"] == "fsdp"
     assert gpu_plan(params("gpt2"), Resources(use_gpu=True, num_workers=4))["num_workers"] == 4
+
+
+# Peak GPU memory (torch.cuda.max_memory_allocated, GB) of the engine's bf16 autocast training step,
+# measured by benchmarks/gpu_precision.py on an H200 (random-init GPT-2 shapes, max_len 512):
+# (preset, minibatch, gradient checkpointing, measured GB).
+MEASURED_PEAKS = [("gpt2", 32, False, 16.0), ("gpt2", 32, True, 3.8), ("gpt2-large", 32, False, 80.0),
+                  ("gpt2-large", 32, True, 16.3), ("gpt2-xl", 16, False, 85.6), ("gpt2-xl", 16, True, 32.3)]
+
+
+@pytest.mark.parametrize("name,minibatch,checkpointing,measured", MEASURED_PEAKS)
+def test_memory_estimate_covers_the_measured_peak_without_gross_waste(name, minibatch, checkpointing, measured):
+    """The planner must never put a trial on a GPU it overflows (the old 34-byte estimate was half the peak)."""
+    from w2s_ray.presets import FIXED_GB, finetune_memory_gb
+
+    estimate = finetune_memory_gb(REGISTRY[name], minibatch_size=minibatch, max_len=512,
+                                  checkpointing=checkpointing) - FIXED_GB
+    assert measured <= estimate <= 1.3 * measured
+
+
+def test_gpt2_large_gets_checkpointing_on_an_80gb_gpu():
+    """Measured 80 GB without checkpointing at minibatch 32 x 512: it must not be planned that way on 80 GB."""
+    r = trial_resources(REGISTRY["gpt2-large"], gpu_mem_gb=80, minibatch_size=32, max_len=512)
+    assert r["strategy"] == "single" and r["gradient_checkpointing"]

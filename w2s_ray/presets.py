@@ -7,15 +7,22 @@ anything. Estimates are deliberately simple and a little pessimistic.
 
 Full fine-tuning with AdamW, per GPU, in bytes:
 
-* model state: ``16 × P`` (fp32 weights 4, fp32 grads 4, AdamW m and v 8; the
-  same 16 as mixed precision's bf16 weights 2 + grads 2 + fp32 master and
-  moments 12), divided by N under FSDP full sharding over N GPUs;
-* activations: ``tokens × layers × 34 × d`` with ``tokens = minibatch ×
-  max_len`` (Korthikanti et al. 2022 for bf16 activations; fused SDPA/flash
-  attention, so no ``seq²`` term). Gradient checkpointing keeps only each
-  layer's ``2 × d`` input per token plus one layer's full set;
+* model state: ``20 × P``: fp32 weights 4, fp32 grads 4, AdamW m and v 8, and
+  4 for the step's temporaries (torch's foreach AdamW), divided by N under
+  FSDP full sharding over N GPUs;
+* activations: ``tokens × layers × 96 × d`` with ``tokens = minibatch ×
+  max_len``. Korthikanti et al. (2022) count 34 for pure-bf16 fused layers;
+  the engine's autocast path (fp32 master weights, fp32 LayerNorm outputs and
+  residual stream, unfused GELU, SDPA attention, so no ``seq²`` term) measured
+  90-97 (benchmarks/gpu_precision.py, GPT-2 124M-1.5B, max_len 512, on an
+  H200). Gradient checkpointing keeps each layer's fp32 input, ``4 × d`` per
+  token, plus one layer's full set;
 * fixed: 2 GB (CUDA context, cuBLAS/NCCL workspaces) plus, under FSDP, two
   gathered fp32 layers; and only 90% of the card counts as usable.
+
+Against that measurement the estimate is 6-15% above the measured peak
+without checkpointing and 8-26% above with it (the peak memory allocated;
+the 2 GB fixed term is not in it).
 
 LoRA (frozen bf16 weights, ``2 × P``; adapters about 0.5% of P with full
 state) is the fallback when full fine-tuning does not fit one node.
@@ -30,11 +37,11 @@ from typing import Any
 from w2s_ray.models import ModelSpec
 
 GB = 1e9
-STATE_BYTES = 16  # per parameter, full fine-tuning with AdamW
+STATE_BYTES = 20  # per parameter, full fine-tuning with AdamW: weights, grads, moments, step temporaries
 LORA_BYTES = 2  # per frozen bf16 parameter
 LORA_TRAINABLE = 0.005  # adapters' share of the parameters
-ACT_BYTES = 34  # per token, layer and hidden unit (bf16, fused attention)
-CKPT_BYTES = 2  # per token, layer and hidden unit kept under gradient checkpointing
+ACT_BYTES = 96  # per token, layer and hidden unit (bf16 autocast, SDPA attention; measured 90-97)
+CKPT_BYTES = 4  # per token, layer and hidden unit kept under gradient checkpointing (the fp32 layer input)
 FIXED_GB = 2.0
 USABLE = 0.9
 ASPECT = 128  # d_model / layers of a typical decoder, to guess the shape from P alone
