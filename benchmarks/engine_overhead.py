@@ -22,7 +22,7 @@ from common import Timer, accuracy, bare_predict, bare_train, experiment, experi
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.execute import execute
+from w2s_ray.execute import execute, local_concurrency
 from w2s_ray.plan import plan_experiment
 from w2s_ray.results import cell_row
 
@@ -74,7 +74,8 @@ def run_bare(a, data_dir: Path, plan) -> tuple[float, dict[str, float], dict]:
 def main() -> None:
     p = experiment_args(__doc__.splitlines()[0])
     p.add_argument("--torch-threads", type=int, default=None, help="per training (default: cores / concurrent)")
-    p.add_argument("--concurrent", type=int, default=Resources.max_concurrent_trials, help="trainings at a time")
+    p.add_argument("--concurrent", type=int, default=local_concurrency(),
+                   help="trainings at a time (default: as `w2s-ray run` on this machine)")
     a = p.parse_args()
     out = Path(a.out) / "engine_overhead"
     engine_total, engine_stages, inside, row = run_engine(a, out)
@@ -82,7 +83,7 @@ def main() -> None:
     data_dir = ArtifactStore(str(out / "store")).local_dir(plan.cells[0].data)
     bare_total, bare_stages, bare_acc = run_bare(a, data_dir, plan)
     print(f"\nengine overhead, {a.weak} -> {a.strong}, n={a.n}/{a.n}/{a.n_test}, {a.epochs} epoch(s), "
-          f"max_len {a.max_len}, {os.cpu_count()} cores")
+          f"max_len {a.max_len}, {os.cpu_count()} cores, {a.concurrent} training(s) at a time")
     print(f"{'stage':22}{'engine s':>10}{'bare s':>10}{'overhead s':>12}")
     for role in ("data", "weak", "ceiling", "labels", "student", "weak predictions", "ceiling predictions",
                  "student predictions"):

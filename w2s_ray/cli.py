@@ -59,7 +59,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    "(default: OUT)")
     p.add_argument("--results-dir", help="where results go; default OUT/results/<cell>")
     p.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
-    p.add_argument("--max-concurrent", type=int, default=2, help="concurrent training trials")
+    p.add_argument("--max-concurrent", type=int, help="concurrent training trials (default: 1 on a local machine of "
+                   "<= 2 cores, where one training with every core was measured faster, else 2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +128,7 @@ def _flag(path: str) -> str:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from w2s_ray.execute import local_concurrency
     from w2s_ray.offline import OfflineAssetError
     from w2s_ray.plan import plan_experiment
     from w2s_ray.sweep import Layout
@@ -136,7 +138,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         cfg = experiment_from_args(a)
         plan = plan_experiment(cfg)
         _check_split_fits(cfg.dataset, cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test)
-        resources = Resources(address=a.address, max_concurrent_trials=a.max_concurrent)
+        resources = Resources(address=a.address, max_concurrent_trials=a.max_concurrent or
+                              (2 if a.address else local_concurrency()))
     except ConfigError as e:
         return _fail("run", f"{_flag(e.path)}: {e.message}")
     except OfflineAssetError as e:

@@ -175,6 +175,17 @@ def train_trial(config: dict[str, Any], stages: dict[str, Stage], store_uri: str
     tune.report({"committed": 1, "cached": 0, "seconds": meta["seconds"]})
 
 
+def local_concurrency(cores: int | None = None) -> int:
+    """Trainings at a time for a single run on this machine.
+
+    On 2 cores, weak + ceiling side by side (one thread each) took 95 s
+    against 87 s one after the other with both threads
+    (benchmarks/engine_overhead.py): the side-by-side pair leaves a core idle
+    once the smaller model is done. Wider machines run two.
+    """
+    return 1 if (cores or os.cpu_count() or 1) <= 2 else 2
+
+
 def trial_resources(resources: Resources) -> dict[str, float]:
     """What a trial's driver (the Tune function that runs a TorchTrainer) reserves.
 
