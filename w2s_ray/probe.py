@@ -114,21 +114,30 @@ def read_features(store: Any, key: str, split: str) -> tuple[np.ndarray, np.ndar
     return table["id"].to_numpy(zero_copy_only=False), feats
 
 
-def _targets(store: Any, stage: Any, ids: np.ndarray) -> np.ndarray:
-    """P(class 1) targets for ``ids``: GT labels, or the weak labels (whose artifact has no GT column)."""
+def _training_rows(store: Any, stage: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, features, P(class 1) targets) a head trains on.
+
+    Targets are GT labels of its split, or the weak labels, whose artifact has
+    no GT column and may cover only part of B: the head trains on exactly the
+    rows they cover.
+    """
+    ids, feats = read_features(store, stage.inputs["features"], stage.params["split"])
     if stage.params["targets"] == "gt":
-        source = pq.read_table(store.path(stage.inputs["data"], f"{stage.params['split']}.parquet"),
-                               filesystem=store.fs, columns=["id", "label"]).to_pandas()
-        column = "label"
+        by_id = _table_by_id(store, stage.inputs["data"], f"{stage.params['split']}.parquet", "label")
     else:
-        source = pq.read_table(store.path(stage.inputs["labels"], "data"), filesystem=store.fs,
-                               columns=["id", "p1"]).to_pandas()
-        column = "p1"
-    by_id = source.set_index("id")[column]
+        by_id = _table_by_id(store, stage.inputs["labels"], "data", "p1")
+        keep = np.isin(ids, by_id.index.to_numpy())
+        ids, feats = ids[keep], feats[keep]
     missing = set(ids) - set(by_id.index)
     if missing:
         raise ValueError(f"{stage.name}: {len(missing)} training row(s) have no target")
-    return by_id.loc[ids].to_numpy(dtype=np.float32)
+    return ids, feats, by_id.loc[ids].to_numpy(dtype=np.float32)
+
+
+def _table_by_id(store: Any, key: str, path: str, column: str) -> Any:
+    """One column of an artifact's table as a Series indexed by row id."""
+    table = pq.read_table(store.path(key, path), filesystem=store.fs, columns=["id", column])
+    return table.to_pandas().set_index("id")[column]
 
 
 Scorer = Callable[[dict[str, torch.Tensor]], float]
@@ -197,33 +206,26 @@ def validation_scorer(store: Any, stage: Any) -> Scorer:
     """A search trial's objective on the validation split: agreement with the weak labels (``weak``: no GT
     anywhere) or GT validation accuracy (``oracle``)."""
     ids, feats = read_features(store, stage.inputs["features"], "val")
-    if stage.params["select"]["objective"] == "weak":
-        table = pq.read_table(store.path(stage.inputs["val_labels"], "data"), filesystem=store.fs,
-                              columns=["id", "p1"])
-    else:
-        table = pq.read_table(store.path(stage.inputs["data"], "val.parquet"), filesystem=store.fs,
-                              columns=["id", "label"])
-    frame = table.to_pandas().set_index("id")
-    target = frame[stage.params["select"]["column"]].loc[ids].to_numpy()
-
-    def objective(weights: dict[str, torch.Tensor]) -> float:
-        return float(np.mean((predict_head(weights, feats) > 0.5) == (target > 0.5)))
-
-    return objective
+    select = stage.params["select"]
+    source = (stage.inputs["val_labels"], "data") if select["objective"] == "weak" else (stage.inputs["data"],
+                                                                                          "val.parquet")
+    return _accuracy_against(feats, _table_by_id(store, *source, select["column"]).loc[ids].to_numpy())
 
 
 def gt_test_scorer(store: Any, stage: Any) -> Scorer:
     """GT test accuracy of a head, for the training-curve analysis (paper §5) only.
 
-    It is logged beside the history; selection never reads it (probe mode
-    selects nothing, and the search never runs in probe mode).
+    It is logged beside the history; nothing selects on it (a probe search
+    selects with :func:`validation_scorer`).
     """
     ids, feats = read_features(store, stage.inputs["features"], "test")
-    gt = pq.read_table(store.path(stage.inputs["data"], "test.parquet"), filesystem=store.fs,
-                       columns=["id", "label"]).to_pandas().set_index("id")["label"].loc[ids].to_numpy()
+    gt = _table_by_id(store, stage.inputs["data"], "test.parquet", "label").loc[ids].to_numpy()
+    return _accuracy_against(feats, gt)
 
+
+def _accuracy_against(feats: np.ndarray, target: np.ndarray) -> Scorer:
     def accuracy(weights: dict[str, torch.Tensor]) -> float:
-        return float(np.mean((predict_head(weights, feats) > 0.5) == (gt > 0.5)))
+        return float(np.mean((predict_head(weights, feats) > 0.5) == (target > 0.5)))
 
     return accuracy
 
@@ -245,14 +247,10 @@ def run_probe_stage(stage: Any, store_uri: str,
     if store.exists(stage.key):
         return store.manifest(stage.key, verify=False).meta
     t0 = time.perf_counter()
-    ids, feats = read_features(store, stage.inputs["features"], stage.params["split"])
-    if stage.params["targets"] == "weak":  # the weak labels cover B; train on exactly those rows
-        keep = np.isin(ids, pq.read_table(store.path(stage.inputs["labels"], "data"), filesystem=store.fs,
-                                          columns=["id"])["id"].to_numpy(zero_copy_only=False))
-        ids, feats = ids[keep], feats[keep]
+    ids, feats, targets = _training_rows(store, stage)
     select = stage.params.get("select")
     weights, history = fit_head(
-        feats, _targets(store, stage, ids), stage.params["loss"], stage.params["probe"], stage.params["seed"],
+        feats, targets, stage.params["loss"], stage.params["probe"], stage.params["seed"],
         monitor=None if select else gt_test_scorer(store, stage),  # a search trial logs nothing from the test set
         validate=validation_scorer(store, stage) if select else None, on_epoch=on_epoch)
     staging = store.staging_dir()
