@@ -8,7 +8,7 @@ offline MiniLM WordPiece tokenizer and loaded by ``w2s_ray.models.load_pretraine
 and minibatch, texts of random words filling max_len 512) after warm-up steps:
 
 * fp32 (no autocast) vs bf16 (``train.precision``): steps/s, tokens/s, peak GB;
-* bf16 with ``backbone.gradient_checkpointing_enable()`` (as train.py) vs without;
+* bf16 with activation checkpointing (``models.enable_checkpointing``, as train.py) vs without;
 * the presets' estimate (``trial_resources`` / ``finetune_memory_gb``) vs the measured
   ``max_memory_allocated`` peak (the estimate adds 2 GB of CUDA context it omits);
 * sanity: finite losses, an overfit run (30 steps on 8 fixed rows, lr 1e-5, engine
@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from common import ROOT  # first: puts the repo on sys.path and sets the offline environment
 
-from w2s_ray.models import REGISTRY, Classifier, ModelSpec, load_pretrained
+from w2s_ray.models import REGISTRY, Classifier, ModelSpec, enable_checkpointing, load_pretrained
 from w2s_ray.presets import finetune_memory_gb, trial_resources
 from w2s_ray.train import LoopConfig, cosine_schedule, encode, optimizer_step, precision
 
@@ -119,7 +119,7 @@ def train_steps(pristine: Classifier, tok: Any, texts: np.ndarray, targets: torc
     """Optimizer steps on a fresh copy of the model: speed, peak memory, losses, head output dtype."""
     model = copy.deepcopy(pristine).to(device)
     if ckpt:
-        model.backbone.gradient_checkpointing_enable()
+        enable_checkpointing(model.backbone)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train["lr"], weight_decay=cfg.train["weight_decay"])
     sched = cosine_schedule(opt, warmup + steps)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from w2s_ray.config import ConfigError
-from w2s_ray.models import Classifier, infer_pooling, pool, resolve_model
+from w2s_ray.models import Classifier, enable_checkpointing, infer_pooling, pool, resolve_model
 
 
 def test_mean_pool_ignores_padding_values():
@@ -82,3 +82,10 @@ def test_bad_model_values_name_the_field_and_the_choices(tmp_path):
         resolve_model("./no/such/dir", "weak")
     with pytest.raises(ConfigError, match="no config.json"):
         resolve_model(str(tmp_path), "strong")
+
+
+def test_checkpointing_is_enabled_without_the_deprecated_call(recwarn):
+    backbone = _tiny_gpt2()
+    enable_checkpointing(backbone)
+    assert not [str(w.message) for w in recwarn if "checkpointing" in str(w.message).lower()]
+    assert getattr(backbone, "is_activation_checkpointing", None) or backbone.is_gradient_checkpointing

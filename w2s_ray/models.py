@@ -251,6 +251,17 @@ class Classifier(nn.Module):
             return self.head(features)
 
 
+def enable_checkpointing(backbone: Any) -> None:
+    """Activation (gradient) checkpointing under the name this transformers has.
+
+    transformers 5.24 renamed ``gradient_checkpointing_enable`` to
+    ``activation_checkpointing_enable`` (the old name warns and goes in v6);
+    older 5.x releases have only the old one.
+    """
+    enable = getattr(backbone, "activation_checkpointing_enable", None) or backbone.gradient_checkpointing_enable
+    enable()
+
+
 def _no_dropout(config: Any) -> None:
     """Dropout off, as in the reference: the no-grad threshold pass must match."""
     for name, value in list(vars(config).items()):

@@ -33,7 +33,14 @@ from w2s_ray.losses import (
     balance_threshold,
     get_loss,
 )
-from w2s_ray.models import Classifier, ModelSpec, load_classifier, load_pretrained, save_classifier
+from w2s_ray.models import (
+    Classifier,
+    ModelSpec,
+    enable_checkpointing,
+    load_classifier,
+    load_pretrained,
+    save_classifier,
+)
 
 TRAIN_STATE = "train_state.pt"
 MODEL_DIR = "model"
@@ -227,7 +234,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model, tokenizer = load_pretrained(model_spec(cfg.model))
         state, history = None, []
     if cfg.gradient_checkpointing:
-        model.backbone.gradient_checkpointing_enable()
+        enable_checkpointing(model.backbone)
     model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel if ctx.get_world_size() > 1
                                           else None)
     device = ray.train.torch.get_device()
