@@ -104,7 +104,8 @@ class Manifest:
         return cls(key=d["key"], files=d["files"], meta=d.get("meta", {}), created=d["created"])
 
 
-def _resolve_fs(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+def resolve_fs(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a local path or any URI ``pyarrow.fs`` knows."""
     if filesystem is not None:  # the URI's path is a path inside the given filesystem
         path = uri.split("://", 1)[1].split("?", 1)[0] if "://" in uri else uri
         if isinstance(filesystem, pafs.LocalFileSystem):
@@ -132,7 +133,7 @@ class ArtifactStore:
         # Ray workers run in other directories: a relative local path must not travel as such
         local_path = "://" not in uri and (filesystem is None or isinstance(filesystem, pafs.LocalFileSystem))
         self.uri = str(Path(uri).expanduser().resolve()) if local_path else uri
-        self.fs, self.root = _resolve_fs(uri, filesystem)
+        self.fs, self.root = resolve_fs(uri, filesystem)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         self._verified: set[str] = set()  # remote manifests whose checksums this object has streamed
 

@@ -50,13 +50,11 @@ def route(sources: dict[str, Source]) -> tuple[dict[str, dict[str, Any]], dict[s
     memory = {name: {"uri": s.uri, "columns": list(s.columns)} for name, s in sources.items() if s.in_memory}
     if len(memory) < len(sources):
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-    streamed = {name: ray.data.read_parquet(s.uri).select_columns(list(s.columns))
-                for name, s in sources.items() if not s.in_memory}
-    return memory, streamed
+    return memory, {name: input_dataset(s) for name, s in sources.items() if not s.in_memory}
 
 
 def input_dataset(source: Source) -> Any:
-    """A Ray Data dataset of a table, for a batch-inference job.
+    """A Ray Data dataset of a table (a batch-inference job's input, or a streamed training table).
 
     A small table is read here and put in the object store, skipping the
     file-listing and read tasks that a job on files starts with (on 2 cores
@@ -70,17 +68,23 @@ def input_dataset(source: Source) -> Any:
     return ray.data.read_parquet(source.uri).select_columns(list(source.columns))
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch, on either route."""
+    return seed * 1009 + epoch
+
+
 def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
     """The row permutation of one epoch (memory route; the benchmarks' bare loop uses it too)."""
-    return np.random.default_rng(seed * 1009 + epoch).permutation(n_rows)
+    return np.random.default_rng(epoch_seed(seed, epoch)).permutation(n_rows)
 
 
 def read_table(uri: str, columns: list[str]) -> Any:
     """A parquet file or folder (local path or ``pyarrow.fs`` URI) as a pyarrow Table."""
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    from w2s_ray.artifacts import resolve_fs
+
+    fs, path = resolve_fs(uri)
     return pq.read_table(path, filesystem=fs, columns=columns)
 
 
@@ -118,7 +122,7 @@ class Ingest:
         if self.source is None:
             yield from self._shard().iter_batches(batch_size=batch_size, batch_format="numpy",
                                                   local_shuffle_buffer_size=SHUFFLE_BUFFER,
-                                                  local_shuffle_seed=seed * 1009 + epoch)
+                                                  local_shuffle_seed=epoch_seed(seed, epoch))
             return
         self.load()
         assert self.rows is not None

@@ -381,25 +381,25 @@ def _sources(stage: Any, store: Any) -> dict[str, Source]:
     """The tables a training reads: its train rows, validation rows (selection), GT test rows (monitor).
 
     Train rows are a GT split (``label``) or weak labels (``p1``; that
-    artifact has no GT column at all). Validation for the weak objective is
-    weak-labelled too; only the oracle objective reads GT validation labels.
+    artifact has no GT column at all, and a bootstrap step's labels cover
+    only its slice of B). Validation for the weak objective is weak-labelled
+    too; only the oracle objective reads GT validation labels.
     """
     params, data_key = stage.params, stage.inputs["data"]
     data_rows = store.manifest(data_key).meta["rows"]
-    if params["targets"] == "gt":
-        split = params["split"]
-        sources = {"train": Source(store.data_uri(data_key, f"{split}.parquet"), ("text", "label"), data_rows[split])}
-    else:  # a bootstrap step's labels cover its slice of B only: count from the labels artifact
-        labels = stage.inputs["labels"]
-        sources = {"train": Source(store.data_uri(labels, "data"), ("text", "p1"), store.manifest(labels).meta["rows"])}
+
+    def split(name: str) -> Source:
+        return Source(store.data_uri(data_key, f"{name}.parquet"), ("text", "label"), data_rows[name])
+
+    def labels(key: str) -> Source:
+        return Source(store.data_uri(key, "data"), ("text", "p1"), store.manifest(key).meta["rows"])
+
+    sources = {"train": split(params["split"]) if params["targets"] == "gt" else labels(stage.inputs["labels"])}
     select = params.get("select")
-    if select and select["objective"] == "weak":
-        val = stage.inputs["val_labels"]
-        sources["val"] = Source(store.data_uri(val, "data"), ("text", "p1"), store.manifest(val).meta["rows"])
-    elif select:
-        sources["val"] = Source(store.data_uri(data_key, "val.parquet"), ("text", "label"), data_rows["val"])
+    if select:
+        sources["val"] = labels(stage.inputs["val_labels"]) if select["objective"] == "weak" else split("val")
     if params.get("monitor") == "gt_test":  # analysis only; selection reads "objective", never this
-        sources["monitor"] = Source(store.data_uri(data_key, "test.parquet"), ("text", "label"), data_rows["test"])
+        sources["monitor"] = split("test")
     return sources
 
 
