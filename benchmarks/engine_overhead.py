@@ -100,7 +100,7 @@ def main() -> None:
         print(f"{role:22}" + "".join(f"{timing.get(c, float('nan')):>9.1f}" for c in cols)
               + f"{bare_stages.get(role, 0.0):>9.1f}")
     print("engine stage times are measured inside each stage (Train run, Data job); stages of one layer run "
-          "concurrently (weak and ceiling share the cores), so they overlap and do not add up to the wall; "
+          "concurrently (ceiling and student share the cores), so they overlap and do not add up to the wall; "
           f"the sum of engine stage times is {sum(engine_stages.values()):.1f}s")
     print(f"accuracies engine: weak {row['weak_acc']:.4f} student {row['student_acc']:.4f} ceiling "
           f"{row['ceiling_acc']:.4f}; bare: weak {bare_acc['weak']:.4f} student {bare_acc['student']:.4f} "

@@ -34,7 +34,7 @@ def ray_cluster():
     from w2s_ray.config import Resources
     from w2s_ray.execute import ensure_ray
 
-    ensure_ray(Resources(num_cpus=4))
+    ensure_ray(Resources(num_cpus=4), dashboard=True)  # tests read the State API
     yield ray
     ray.shutdown()
 

@@ -334,16 +334,16 @@ def test_placement_drivers_on_the_head_train_workers_on_worker_nodes(multinode_s
 
 @pytest.mark.ray
 def test_the_interrupted_training_resumed_from_its_checkpoint(multinode_sweep):
-    """The run the node loss interrupted reported each epoch once to Tune: it went on from its checkpoint."""
+    """A run the node loss interrupted went on from its checkpoint: its worker loop started twice, the second
+    time past epoch 1, and its history holds each epoch once (a fresh start would hold [1, 2, 3] with one start)."""
     r = multinode_sweep
-    (key,) = r["killed_at"]["checkpointed"]
-    results = list((r["shared"] / "ray").glob(f"train-layer-*/train_trial_*stage={key}_*/result.json"))
-    assert len(results) == 1, results
-    epochs = [json.loads(line).get("epoch") for line in results[0].read_text().splitlines() if line.strip()]
-    epochs = [e for e in epochs if e is not None]
-    assert epochs == [1, 2, 3], epochs  # not [1, 1, 2, 3]: the new worker group started at epoch 2
-    history = r["store"].manifest(key).meta["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+    starts = {}
+    for key in r["killed_at"]["checkpointed"]:  # the strong model's trainings: 3 epochs each
+        history = r["store"].manifest(key).meta["history"]
+        assert [h["epoch"] for h in history] == [1, 2, 3], (key, history)
+        starts[key] = [h["epoch"] for h in history if "worker_started_at" in h]
+        assert starts[key][0] == 1 and len(starts[key]) <= 2, starts
+    assert any(len(s) == 2 and s[1] > 1 for s in starts.values()), starts
 
 
 def test_ensure_ray_inside_a_ray_job_keeps_the_job_runtime_env(monkeypatch, asset_home):

@@ -1,5 +1,7 @@
 """Planning: unique stages, dependency layers, shared stages across cells."""
 
+import os
+
 from w2s_ray.config import ExperimentConfig, LossConfig, SplitConfig
 from w2s_ray.plan import Plan, plan_experiment
 
@@ -12,8 +14,28 @@ def test_one_experiment_has_three_trainings_and_four_inferences():
     plan = plan_experiment(_cfg())
     assert plan.counts() == {"data": 1, "train": 3, "infer": 4}
     kinds = [[s.kind for s in layer] for layer in plan.layers()]
-    assert kinds[0] == ["data"]
-    assert sorted(kinds[1]) == ["train", "train"]  # weak and ceiling side by side
+    assert kinds == [["data"], ["train"], ["infer", "infer"], ["train", "train"], ["infer", "infer"]]
+
+
+def test_layers_are_as_late_as_possible_so_the_ceiling_trains_beside_the_student():
+    """Side-by-side trainings of one layer should take alike: the ceiling and the student, not weak and ceiling."""
+    plan = plan_experiment(_cfg())
+    cell = plan.cells[0]
+    where = {s.key: i for i, layer in enumerate(plan.layers()) for s in layer}
+    assert where[cell.ceiling] == where[cell.student] > where[cell.weak_labels] > where[cell.weak]
+    # inference runs as soon as its model exists (the weak model's, beside its labels job)
+    assert where[cell.weak_test] == where[cell.weak_labels]
+    assert where[cell.ceiling_test] == where[cell.student_test] == where[cell.student] + 1
+
+
+def test_layer_threads_count_the_whole_layer_so_a_resumed_stage_computes_alike():
+    from w2s_ray.config import Resources
+    from w2s_ray.execute import layer_threads
+
+    two = Resources(max_concurrent_trials=2)
+    assert layer_threads(2, two) == max(1, (os.cpu_count() or 1) // 2)
+    assert layer_threads(1, two) == (os.cpu_count() or 1)
+    assert layer_threads(5, Resources(max_concurrent_trials=2, torch_threads=3)) == 3
 
 
 def test_layers_respect_dependencies():

@@ -192,6 +192,7 @@ class Resources:
     torch_threads: int | None = None
     max_failures: int = 1
     driver_resource: str | None = None  # a custom resource only non-spot nodes offer
+    dashboard: bool = False  # a local cluster's Ray dashboard (search stages start it: they need the State API)
 
     def __post_init__(self) -> None:
         _check_positive("num_workers", self.num_workers)

@@ -119,38 +119,106 @@ def _job_env_vars() -> dict[str, str]:
         return {}
 
 
-def ensure_ray(resources: Resources) -> None:
-    """Connect to ``resources.address`` or start a local cluster sized for trials + ingest."""
+# A local cluster serves one sweep on one machine: no Prometheus scrape of
+# Train metrics, no spot preemption to watch, no idle worker processes started
+# ahead of need. Each of these keeps a Python process or thread waking up during
+# training; measured on 2 cores (Tune -> TorchTrainer, fixed MiniLM steps): the
+# loop ran 12-15% slower than a bare process with them, 4-7% without them.
+LOCAL_RAY_ENV = {
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_enable_worker_prestart": "0",
+}
+
+
+def ensure_ray(resources: Resources, dashboard: bool = False) -> None:
+    """Connect to ``resources.address`` or start a local cluster sized for trials + ingest.
+
+    A local cluster starts the dashboard only when asked (``dashboard`` or
+    ``resources.dashboard``): its processes cost the loop ~3% on 2 cores.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    for k, v in RAY_ENV.items():
+    local = not resources.address
+    wanted = {**RAY_ENV, **(LOCAL_RAY_ENV if local else {})}
+    for k, v in wanted.items():
         os.environ.setdefault(k, v)
     job_env = _job_env_vars()  # ray.init refuses to be given a Ray Job's own env_vars again
-    env_vars = {k: os.environ[k] for k in list(RAY_ENV) + ["HF_HUB_OFFLINE", "W2S_RAY_HOME"]
+    env_vars = {k: os.environ[k] for k in list(wanted) + ["HF_HUB_OFFLINE", "W2S_RAY_HOME"]
                 if k in os.environ and k not in job_env}
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": False,
                               "configure_logging": True, "logging_level": "ERROR"}
-    if resources.address:
+    if not local:
         ray.init(address=resources.address, **kwargs)
     else:
         cores = os.cpu_count() or 1
-        ray.init(num_cpus=resources.num_cpus or 2 * cores, include_dashboard=True, **kwargs)
+        ray.init(num_cpus=resources.num_cpus or 2 * cores, include_dashboard=dashboard or resources.dashboard,
+                 **kwargs)
+
+
+class EpochLog:
+    """A Ray actor that collects per-epoch metrics of a layer's trainings for the driver to print.
+
+    One per layer instead of Tune's per-trial result queue
+    (``TuneReportCallback``): that is a process per trial, polled five times a
+    second, beside training on a small machine. The driver drains this one
+    once a second.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+
+    def put(self, stage_key: str, metrics: dict[str, Any]) -> None:
+        self.items.append((stage_key, metrics))
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        items, self.items = self.items, []
+        return items
+
+
+def epoch_reporter(log: Any, stage_key: str) -> Any:
+    """A Train callback (it runs in the TorchTrainer's controller) that sends each epoch's metrics to ``log``."""
+    import ray.train
+
+    class EpochReporter(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):  # noqa: ANN001
+            log.put.remote(stage_key, metrics[0])  # fire and forget: progress must never stall training
+
+    return EpochReporter()
+
+
+def epoch_line(name: str, m: dict[str, Any]) -> str:
+    return f"    {name}: epoch {m['epoch']}/{m['epochs']} loss {m['train_loss']:.4f} ({m['samples_per_s']:.1f} rows/s)"
 
 
 class _TrialProgress:
-    """Tune callback that turns trial reports into one progress line per epoch."""
+    """Tune callback: prints the epochs in ``log`` (at most once a second) and trial failures."""
 
-    def __new__(cls, stages: dict[str, Stage], progress: Progress):
+    def __new__(cls, stages: dict[str, Stage], progress: Progress, log: Any):
+        import ray
         from ray import tune
 
         class Callback(tune.Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-                stage = stages[trial.config["stage"]]
-                if "epoch" in result and "train_loss" in result:
-                    progress(f"    {stage.name}: epoch {result['epoch']}/{result['epochs']} "
-                             f"loss {result['train_loss']:.4f} ({result['samples_per_s']:.1f} rows/s)")
+            last = 0.0
+
+            def on_step_end(self, iteration, trials, **info):  # noqa: ANN001
+                if time.monotonic() - self.last >= 1.0:
+                    self.flush()
+
+            def on_experiment_end(self, trials, **info):  # noqa: ANN001
+                self.flush()
+
+            def flush(self) -> None:
+                self.last = time.monotonic()
+                try:
+                    items = ray.get(log.drain.remote(), timeout=10)
+                except ray.exceptions.RayError:  # progress lines are lost, never the run
+                    return
+                for key, m in items:
+                    progress(epoch_line(stages[key].name, m))
 
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
                 progress(f"    {stages[trial.config['stage']].name}: trial failed (Tune retries per FailureConfig)")
@@ -159,10 +227,9 @@ class _TrialProgress:
 
 
 def train_trial(config: dict[str, Any], stages: dict[str, Stage], store_uri: str, resources: Resources,
-                storage_path: str, torch_threads: int) -> None:
+                storage_path: str, torch_threads: int, log: Any) -> None:
     """A Tune function trial: one train stage as a TorchTrainer, then commit."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from w2s_ray.train import fit_train_stage
 
@@ -171,19 +238,22 @@ def train_trial(config: dict[str, Any], stages: dict[str, Stage], store_uri: str
     if store.exists(stage.key):  # committed by an earlier attempt of this trial
         tune.report({"committed": 1, "cached": 1})
         return
-    meta = fit_train_stage(stage, store, resources, storage_path, torch_threads, callbacks=[TuneReportCallback()])
+    meta = fit_train_stage(stage, store, resources, storage_path, torch_threads,
+                           callbacks=[epoch_reporter(log, stage.key)])
     tune.report({"committed": 1, "cached": 0, "seconds": meta["seconds"]})
 
 
 def local_concurrency(cores: int | None = None) -> int:
-    """Trainings at a time for a single run on this machine.
+    """Trainings at a time for a single run on this machine: two, or one on a single core.
 
-    On 2 cores, weak + ceiling side by side (one thread each) took 95 s
-    against 87 s one after the other with both threads
-    (benchmarks/engine_overhead.py): the side-by-side pair leaves a core idle
-    once the smaller model is done. Wider machines run two.
+    Two side-by-side trainings with one thread each beat one training with
+    two threads after the other on 2 cores (MiniLM-L6 steps: 1.09x the
+    throughput, as two threads scale 1.81x, not 2x), and each one's launch
+    and checkpoint overlap the other's steps. That pays only where the two
+    take about as long: :meth:`Plan.layers` puts a ceiling beside the
+    students, not beside the small weak model, so it does.
     """
-    return 1 if (cores or os.cpu_count() or 1) <= 2 else 2
+    return min(2, cores or os.cpu_count() or 1)
 
 
 def trial_resources(resources: Resources) -> dict[str, float]:
@@ -199,15 +269,29 @@ def trial_resources(resources: Resources) -> dict[str, float]:
     return request
 
 
-def _run_train_layer(stages: list[Stage], store: ArtifactStore, resources: Resources, storage_path: str,
-                     progress: Progress) -> None:
+def layer_threads(layer_trainings: int, resources: Resources) -> int:
+    """Torch threads per training: the cores shared by the trainings of the plan's layer that run side by side.
+
+    Counted over the whole layer, cached stages included: the thread count
+    changes a model's floating-point sums, so a stage trained again after an
+    interruption must get the same count as in the undisturbed run.
+    """
+    side_by_side = max(1, min(layer_trainings, resources.max_concurrent_trials))
+    return resources.torch_threads or max(1, (os.cpu_count() or 1) // side_by_side)
+
+
+def _run_train_layer(stages: list[Stage], threads: int, store: ArtifactStore, resources: Resources,
+                     storage_path: str, progress: Progress) -> None:
+    import ray
     from ray import tune
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     concurrent = min(len(stages), resources.max_concurrent_trials)
-    threads = resources.torch_threads or max(1, (os.cpu_count() or 1) // concurrent)
     by_key = {s.key: s for s in stages}
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    log = ray.remote(num_cpus=0)(EpochLog).options(scheduling_strategy=here).remote()  # lives as long as the driver
     trainable = tune.with_parameters(train_trial, stages=by_key, store_uri=store.uri, resources=resources,
-                                     storage_path=storage_path, torch_threads=threads)
+                                     storage_path=storage_path, torch_threads=threads, log=log)
     digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:12]
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(resources)),
@@ -217,12 +301,15 @@ def _run_train_layer(stages: list[Stage], store: ArtifactStore, resources: Resou
             name=f"train-layer-{digest}",
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-            callbacks=[_TrialProgress(by_key, progress)],
+            callbacks=[_TrialProgress(by_key, progress, log)],
             verbose=0,
         ),
     )
-    with quiet_tune_logs():
-        grid = tuner.fit()
+    try:
+        with quiet_tune_logs():
+            grid = tuner.fit()
+    finally:
+        ray.kill(log)
     failed = [f"{by_key[r.config['stage']].name}: {_root_cause(r.error)} (trial log: {r.path})"
               for r in grid if r.error is not None]
     missing = [s.name for s in stages if not store.exists(s.key)]
@@ -271,7 +358,7 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
                 report.cached.append(s.key)
                 progress(f"[{done}/{total}] {s.name}: loaded from artifact {s.key}")
         if todo and any(s.kind != "data" for s in todo):
-            ensure_ray(resources)
+            ensure_ray(resources, dashboard=any(s.kind == "search" for s in plan.stages.values()))
         for s in [s for s in todo if s.kind == "data"]:
             t0 = time.perf_counter()
             staging = store.staging_dir()
@@ -286,7 +373,8 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
             t0 = time.perf_counter()
             progress(f"[{done + 1}-{done + len(train)}/{total}] training {len(train)} model(s) on Ray Train: "
                      + "; ".join(s.name for s in train))
-            _run_train_layer(train, store, resources, storage_path, progress)
+            threads = layer_threads(sum(s.kind == "train" for s in layer), resources)
+            _run_train_layer(train, threads, store, resources, storage_path, progress)
             for s in train:
                 done += 1
                 report.ran[s.key] = store.manifest(s.key, verify=False).meta["seconds"]

@@ -182,6 +182,9 @@ class Cell:
     student_test: str
 
 
+LATE_KINDS = ("train", "search")  # see Plan.layers
+
+
 @dataclass
 class Plan:
     """Unique stages (by key) in insertion order, and the cells that use them."""
@@ -193,14 +196,35 @@ class Plan:
         return self.stages.setdefault(stage.key, stage)
 
     def layers(self) -> list[list[Stage]]:
-        """Stages grouped so every stage's inputs are in an earlier layer."""
+        """Stages grouped so every stage's inputs are in an earlier layer.
+
+        Trainings (and searches) go as late as their consumers allow; that keeps
+        a layer's trainings alike: the ceiling (no input but the data) trains
+        beside the students of its strong model, not beside the much smaller
+        weak model, so side-by-side trainings finish together instead of
+        leaving a core idle (benchmarks/engine_overhead.py). The critical path
+        (weak -> labels -> student) is the same either way. Every other stage
+        (data, inference, features, probes) goes as early as its inputs allow:
+        cheap jobs, and the model an inference needs is still loaded.
+        """
+        consumers: dict[str, list[str]] = {key: [] for key in self.stages}
+        for key, stage in self.stages.items():
+            for dep in stage.deps:
+                consumers[dep].append(key)
         depth: dict[str, int] = {}
         for key, stage in self.stages.items():  # insertion order is topological
             depth[key] = 1 + max((depth[d] for d in stage.deps), default=-1)
-        out: list[list[Stage]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-        for key, d in depth.items():
-            out[d].append(self.stages[key])
-        return out
+        last = max(depth.values(), default=-1)
+        layer: dict[str, int] = {}
+        for key in reversed(self.stages):  # as late as possible
+            layer[key] = min((layer[c] - 1 for c in consumers[key]), default=last)
+        for key, stage in self.stages.items():  # the rest as early as possible, after their (moved) inputs
+            if stage.kind not in LATE_KINDS:
+                layer[key] = 1 + max((layer[d] for d in stage.deps), default=-1)
+        out: list[list[Stage]] = [[] for _ in range(last + 1)]
+        for key in self.stages:
+            out[layer[key]].append(self.stages[key])
+        return [stages for stages in out if stages]
 
     def role_counts(self) -> dict[str, int]:
         """Unique stages per role: what a sweep really trains and labels."""

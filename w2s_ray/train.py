@@ -343,6 +343,7 @@ def fit_train_stage(
     with chosen.as_directory() as d:
         history = json.loads((Path(d) / "history.json").read_text())
         meta = {"stage": stage.name, "params": params, "inputs": stage.inputs, "seconds": seconds,
+                "torch_threads": torch_threads,  # changes floating-point sums: recorded with the weights
                 "history": history}  # with selection: up to the selected (best) epoch
         if select:
             meta["selected_epoch"] = history[-1]["epoch"]
