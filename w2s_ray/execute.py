@@ -3,7 +3,10 @@
 * ``data`` stages run in the driver (small pyarrow work);
 * the ``train`` stages of a layer run as one Ray Tune experiment, one function
   trial per stage, each launching a ``TorchTrainer`` (the Train V2 pattern);
-* ``infer`` stages run as Ray Data batch-inference jobs;
+* ``infer`` stages run as Ray Data batch-inference jobs, one at a time, in a
+  driver thread: a layer's jobs run while the next layer's trainings start,
+  and a training that reads a job's output (weak labels) waits for that job
+  alone, not for the whole layer;
 * probe mode: ``features`` stages are Ray Data jobs, ``probe`` / ``probeinfer``
   stages (a linear head on cached features) run as concurrent Ray tasks.
 
@@ -21,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -72,7 +76,8 @@ class ExecutionReport:
 
     ran: dict[str, float] = field(default_factory=dict)
     cached: list[str] = field(default_factory=list)
-    phases: list[tuple[str, float]] = field(default_factory=list)  # (what, wall s) in the order they ran
+    # (what, start s, end s) from the start of execute(); data jobs overlap the next layer's trainings
+    phases: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 ORPHAN_AGE_S = 60.0
@@ -129,6 +134,10 @@ LOCAL_RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_prestart_worker_first_driver": "0",
     "RAY_enable_worker_prestart": "0",
+    # Idle workers beyond this many are killed after 1 s (default: the CPU
+    # count, which the trials, Train controllers and workers alone exceed):
+    # the pooled process that serves inference jobs must survive a training.
+    "RAY_num_workers_soft_limit": "64",
 }
 
 
@@ -159,17 +168,20 @@ def ensure_ray(resources: Resources, dashboard: bool = False) -> None:
                  **kwargs)
 
 
-class EpochLog:
-    """A Ray actor that collects per-epoch metrics of a layer's trainings for the driver to print.
+class Board:
+    """A Ray actor, one per execution: trainings' epoch metrics for the driver, committed keys for waiting trials.
 
-    One per layer instead of Tune's per-trial result queue
-    (``TuneReportCallback``): that is a process per trial, polled five times a
-    second, beside training on a small machine. The driver drains this one
-    once a second.
+    One actor instead of Tune's per-trial result queue (``TuneReportCallback``:
+    a process per trial, polled five times a second, beside training on a
+    small machine); the driver drains the metrics once a second. Each data
+    job marks its key when committed, and a trial whose input is such a job
+    waits until it is marked: a commit of this execution, not merely a
+    manifest on disk (a damaged artifact being recomputed has one).
     """
 
     def __init__(self) -> None:
         self.items: list[tuple[str, dict[str, Any]]] = []
+        self.committed: set[str] = set()
 
     def put(self, stage_key: str, metrics: dict[str, Any]) -> None:
         self.items.append((stage_key, metrics))
@@ -177,6 +189,32 @@ class EpochLog:
     def drain(self) -> list[tuple[str, dict[str, Any]]]:
         items, self.items = self.items, []
         return items
+
+    def mark(self, key: str) -> None:
+        self.committed.add(key)
+
+    def committed_among(self, keys: list[str]) -> list[str]:
+        return [k for k in keys if k in self.committed]
+
+
+WAIT_POLL_S = 0.25
+
+
+def wait_for_inputs(board: Any, keys: list[str], poll_s: float = WAIT_POLL_S) -> None:
+    """Block until every key in ``keys`` is marked committed on ``board``."""
+    import ray
+
+    while keys and len(ray.get(board.committed_among.remote(keys))) < len(keys):
+        time.sleep(poll_s)
+
+
+def _new_board() -> Any:
+    """A :class:`Board` on the driver's node (it lives as long as the driver; killed after the run)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(Board).options(scheduling_strategy=here).remote()
 
 
 def epoch_reporter(log: Any, stage_key: str) -> Any:
@@ -227,13 +265,14 @@ class _TrialProgress:
 
 
 def train_trial(config: dict[str, Any], stages: dict[str, Stage], store_uri: str, resources: Resources,
-                storage_path: str, torch_threads: int, log: Any) -> None:
-    """A Tune function trial: one train stage as a TorchTrainer, then commit."""
+                storage_path: str, torch_threads: int, log: Any, pending: frozenset[str] = frozenset()) -> None:
+    """A Tune function trial: wait for inputs still being computed (``pending``), train as a TorchTrainer, commit."""
     from ray import tune
 
     from w2s_ray.train import fit_train_stage
 
     stage = stages[config["stage"]]
+    wait_for_inputs(log, [k for k in stage.deps if k in pending])
     store = ArtifactStore(store_uri)
     if store.exists(stage.key):  # committed by an earlier attempt of this trial
         tune.report({"committed": 1, "cached": 1})
@@ -280,18 +319,55 @@ def layer_threads(layer_trainings: int, resources: Resources) -> int:
     return resources.torch_threads or max(1, (os.cpu_count() or 1) // side_by_side)
 
 
-def _run_train_layer(stages: list[Stage], threads: int, store: ArtifactStore, resources: Resources,
-                     storage_path: str, progress: Progress) -> None:
-    import ray
+_HOOKS: dict[str, Callable[..., Any]] = {}
+
+
+class _Hook:
+    """A picklable handle on a driver-side callable: Tune pickles its run config, and threads do not pickle.
+
+    Unpickled anywhere else (a restored experiment), it does nothing.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.token = uuid.uuid4().hex
+        _HOOKS[self.token] = fn
+
+    def __call__(self, *args: Any) -> Any:
+        fn = _HOOKS.get(self.token)
+        return fn(*args) if fn is not None else None
+
+    def close(self) -> None:
+        _HOOKS.pop(self.token, None)
+
+
+def _abort_stopper(abort: _Hook) -> Any:
+    """A Tune stopper that ends the experiment once ``abort()`` is true (checked every controller step)."""
     from ray import tune
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    class Abort(tune.Stopper):
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return bool(abort())
+
+    return Abort()
+
+
+def _run_train_layer(stages: list[Stage], threads: int, store: ArtifactStore, resources: Resources,
+                     storage_path: str, progress: Progress, board: Any, pending: frozenset[str] = frozenset(),
+                     abort: Callable[[], bool] = lambda: False) -> None:
+    """A layer's trainings as one Tune experiment; trials whose inputs are in ``pending`` wait for them on ``board``.
+
+    Returns quietly when ``abort()`` (a failed data job) ended the experiment: the caller raises that error.
+    """
+    from ray import tune
 
     concurrent = min(len(stages), resources.max_concurrent_trials)
     by_key = {s.key: s for s in stages}
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    log = ray.remote(num_cpus=0)(EpochLog).options(scheduling_strategy=here).remote()  # lives as long as the driver
+    log, stop = board, _Hook(abort)
     trainable = tune.with_parameters(train_trial, stages=by_key, store_uri=store.uri, resources=resources,
-                                     storage_path=storage_path, torch_threads=threads, log=log)
+                                     storage_path=storage_path, torch_threads=threads, log=log, pending=pending)
     digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:12]
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(resources)),
@@ -302,6 +378,7 @@ def _run_train_layer(stages: list[Stage], threads: int, store: ArtifactStore, re
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             callbacks=[_TrialProgress(by_key, progress, log)],
+            stop=_abort_stopper(stop),
             verbose=0,
         ),
     )
@@ -309,7 +386,9 @@ def _run_train_layer(stages: list[Stage], threads: int, store: ArtifactStore, re
         with quiet_tune_logs():
             grid = tuner.fit()
     finally:
-        ray.kill(log)
+        stop.close()
+    if abort():
+        return
     failed = [f"{by_key[r.config['stage']].name}: {_root_cause(r.error)} (trial log: {r.path})"
               for r in grid if r.error is not None]
     missing = [s.name for s in stages if not store.exists(s.key)]
@@ -337,100 +416,217 @@ def _root_cause(error: BaseException | None) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+class _Run:
+    """One ``execute()``: its report, the progress counter (shared by the driver's threads) and its clock."""
+
+    def __init__(self, plan: Plan, store: ArtifactStore, progress: Progress) -> None:
+        self.plan, self.store, self.progress = plan, store, progress
+        self.report = ExecutionReport()
+        self.done, self.lock, self.t0, self.t0_wall = 0, threading.Lock(), time.perf_counter(), time.time()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def todo(self, stages: list[Stage]) -> list[Stage]:
+        """The stages still to run; the others are reported as loaded."""
+        todo = [s for s in stages if not self.store.exists(s.key)]
+        for s in stages:
+            if s not in todo:
+                self.report.cached.append(s.key)
+                self.count(f"{s.name}: loaded from artifact {s.key}")
+        return todo
+
+    def count(self, line: str) -> None:
+        with self.lock:
+            self.done += 1
+            self.progress(f"[{self.done}/{len(self.plan.stages)}] {line}")
+
+    def ran(self, stage: Stage, seconds: float, line: str, started: float, ended: float | None = None) -> None:
+        self.report.ran[stage.key] = seconds
+        self.report.phases.append((stage.name, started, self.now() if ended is None else ended))
+        self.count(line)
+
+
 def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path: str,
             progress: Progress = print) -> ExecutionReport:
     """Run every stage of ``plan`` whose artifact is missing, in dependency order."""
-    from w2s_ray.data import build_data_artifact, resolve_dataset
-    from w2s_ray.config import SplitConfig
-
     if "://" not in storage_path:  # Tune and Train need an absolute path (or a URI)
         storage_path = str(Path(storage_path).expanduser().resolve())
-    report = ExecutionReport()
-    layers = plan.layers()
-    total = len(plan.stages)
-    done = 0
-    for layer in layers:
-        _stop_if_interrupted()
-        todo = [s for s in layer if not store.exists(s.key)]
-        for s in layer:
-            if s not in todo:
-                done += 1
-                report.cached.append(s.key)
-                progress(f"[{done}/{total}] {s.name}: loaded from artifact {s.key}")
-        if todo and any(s.kind != "data" for s in todo):
-            ensure_ray(resources, dashboard=any(s.kind == "search" for s in plan.stages.values()))
-        for s in [s for s in todo if s.kind == "data"]:
-            t0 = time.perf_counter()
-            staging = store.staging_dir()
-            meta = build_data_artifact(resolve_dataset_by_params(s, resolve_dataset),
-                                       SplitConfig(**s.params["split"]), staging)
-            store.commit(s.key, staging, {"stage": s.name, "params": s.params, **meta})
-            done += 1
-            report.ran[s.key] = time.perf_counter() - t0
-            progress(f"[{done}/{total}] {s.name}: {meta['rows']} rows ({report.ran[s.key]:.1f}s)")
-        train = [s for s in todo if s.kind == "train"]
-        if train:
-            t0 = time.perf_counter()
-            progress(f"[{done + 1}-{done + len(train)}/{total}] training {len(train)} model(s) on Ray Train: "
-                     + "; ".join(s.name for s in train))
-            threads = layer_threads(sum(s.kind == "train" for s in layer), resources)
-            _run_train_layer(train, threads, store, resources, storage_path, progress)
-            for s in train:
-                done += 1
-                report.ran[s.key] = store.manifest(s.key, verify=False).meta["seconds"]
-            report.phases.append(("train " + ", ".join(s.name for s in train), time.perf_counter() - t0))
-            progress(f"    layer done in {report.phases[-1][1]:.1f}s")
-        for s in [s for s in todo if s.kind == "search"]:
-            from w2s_ray.search import run_search_stage
-
-            progress(f"[{done + 1}/{total}] {s.name}: {s.params['search']['num_samples']} trial(s), "
-                     f"up to {s.params['search']['max_concurrent']} at a time")
-            meta = run_search_stage(s, store, resources, storage_path, progress)
-            done += 1
-            report.ran[s.key] = meta["seconds"]
-            b = meta["best"]
-            progress(f"    selected a={b['alpha_max']:g} w={b['warmup_frac']:g} (validation objective "
-                     f"{meta['objective']}: {b['objective']:.4f}); {meta['finished']}/{meta['trials']} trials "
-                     f"finished ({meta['seconds']:.1f}s)")
-        jobs = [s for s in todo if s.kind in ("features", "infer")]
-        t0 = time.perf_counter()
-        for s, meta in _run_data_jobs(jobs, store, resources):
+    run = _Run(plan, store, progress)
+    jobs: _DataJobs | None = None
+    warmed = False
+    try:
+        for layer in plan.layers():
             _stop_if_interrupted()
-            done += 1
-            report.ran[s.key] = meta["seconds"]
-            report.phases.append((s.name, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            rows = sum(meta["rows"].values()) if isinstance(meta["rows"], dict) else meta["rows"]
-            progress(f"[{done}/{total}] {s.name}: {rows} rows{' cached' if s.kind == 'features' else ''} "
-                     f"({meta['seconds']:.1f}s)")
-        probes = [s for s in todo if s.kind in ("probe", "probeinfer")]
-        if probes:
-            from w2s_ray.probe import run_probe_layer
+            todo = run.todo(layer)
+            if todo and any(s.kind != "data" for s in todo):
+                ensure_ray(resources, dashboard=any(s.kind == "search" for s in plan.stages.values()))
+                jobs = jobs or _DataJobs(run, resources)
+            for s in [s for s in todo if s.kind == "data"]:
+                _data_stage(run, s)
+            if any(s.kind in ("search", "probe", "probeinfer") for s in todo) and jobs:
+                jobs.drain()  # these read their inputs at once: no waiting on the board
+            train = [s for s in todo if s.kind == "train"]
+            if train:
+                warmed = warmed or _prewarm_inference(plan, resources)
+                _train_layer(run, train, layer_threads(sum(s.kind == "train" for s in layer), resources), jobs,
+                             resources, storage_path)
+            for s in [s for s in todo if s.kind == "search"]:
+                _search(run, s, resources, storage_path)
+            for s in [s for s in todo if s.kind in ("features", "infer")]:
+                jobs.submit(s)
+            probes = [s for s in todo if s.kind in ("probe", "probeinfer")]
+            if probes:
+                _probes(run, probes)
+        if jobs:
+            jobs.drain()
+    finally:
+        if jobs:
+            jobs.close()
+    return run.report
 
-            t0 = time.perf_counter()
-            for s, meta in zip(probes, run_probe_layer(probes, store.uri)):
-                done += 1
-                report.ran[s.key] = meta["seconds"]
-                progress(f"[{done}/{total}] {s.name}: {meta['rows']} rows ({meta['seconds']:.1f}s)")
-            progress(f"    {len(probes)} probe stage(s) in {time.perf_counter() - t0:.1f}s")
-    return report
+
+def _data_stage(run: _Run, stage: Stage) -> None:
+    """Build and commit a data artifact in the driver."""
+    from w2s_ray.config import SplitConfig
+    from w2s_ray.data import build_data_artifact, resolve_dataset
+
+    started = run.now()
+    staging = run.store.staging_dir()
+    meta = build_data_artifact(resolve_dataset_by_params(stage, resolve_dataset),
+                               SplitConfig(**stage.params["split"]), staging)
+    run.store.commit(stage.key, staging, {"stage": stage.name, "params": stage.params, **meta})
+    seconds = run.now() - started
+    run.ran(stage, seconds, f"{stage.name}: {meta['rows']} rows ({seconds:.1f}s)", started)
 
 
-def _run_data_jobs(stages: list[Stage], store: ArtifactStore, resources: Resources):  # noqa: ANN202
-    """A layer's Ray Data jobs (weak labels, predictions, features), one after another with every core.
+def _train_layer(run: _Run, train: list[Stage], threads: int, jobs: "_DataJobs", resources: Resources,
+                 storage_path: str) -> None:
+    started = run.now()
+    waits = sorted(jobs.pending & {d for s in train for d in s.deps})
+    run.progress(f"[{run.done + 1}-{run.done + len(train)}/{len(run.plan.stages)}] training {len(train)} model(s) on "
+                 f"Ray Train: " + "; ".join(s.name for s in train)
+                 + (f" (waiting for {len(waits)} data job(s) still running)" if waits else ""))
+    _run_train_layer(train, threads, run.store, resources, storage_path, run.progress, jobs.board,
+                     frozenset(waits), abort=lambda: jobs.error is not None or INTERRUPTED.is_set())
+    _stop_if_interrupted()
+    jobs.raise_error()
+    for s in train:
+        meta = run.store.manifest(s.key, verify=False).meta
+        fit_at = meta.get("timing", {}).get("fit_at", time.time() - meta["seconds"])
+        started = fit_at - run.t0_wall
+        run.ran(s, meta["seconds"], f"{s.name}: trained ({meta['seconds']:.1f}s)", started, started + meta["seconds"])
+    run.report.phases.append(("layer: " + ", ".join(s.name for s in train), started, run.now()))
+    run.progress(f"    layer done in {run.now() - started:.1f}s")
 
-    Measured on 2 cores: two feature jobs side by side (one thread each) took
-    63 s where the same jobs one after another took 45 s. Yields ``(stage, meta)``.
+
+def _search(run: _Run, stage: Stage, resources: Resources, storage_path: str) -> None:
+    from w2s_ray.search import run_search_stage
+
+    run.progress(f"[{run.done + 1}/{len(run.plan.stages)}] {stage.name}: {stage.params['search']['num_samples']} "
+                 f"trial(s), up to {stage.params['search']['max_concurrent']} at a time")
+    started = run.now()
+    meta = run_search_stage(stage, run.store, resources, storage_path, run.progress)
+    b = meta["best"]
+    run.ran(stage, meta["seconds"], f"{stage.name}: selected a={b['alpha_max']:g} w={b['warmup_frac']:g} "
+            f"(validation objective {meta['objective']}: {b['objective']:.4f}); {meta['finished']}/"
+            f"{meta['trials']} trials finished ({meta['seconds']:.1f}s)", started)
+
+
+def _probes(run: _Run, probes: list[Stage]) -> None:
+    from w2s_ray.probe import run_probe_layer
+
+    started = run.now()
+    for s, meta in zip(probes, run_probe_layer(probes, run.store.uri)):
+        run.ran(s, meta["seconds"], f"{s.name}: {meta['rows']} rows ({meta['seconds']:.1f}s)", started)
+    run.progress(f"    {len(probes)} probe stage(s) in {run.now() - started:.1f}s")
+
+
+class _DataJobs:
+    """The Ray Data jobs (weak labels, predictions, features): one at a time, in order, in a driver thread.
+
+    One after another with every core, as measured best on 2 cores (two
+    feature jobs side by side, one thread each: 63 s; one after the other:
+    45 s); in a thread so that they run while the next layer's trainings
+    launch. Each job marks its key on :attr:`board` when committed (trials
+    waiting for it start then); the first error stops the thread and is
+    raised by :meth:`drain` or :meth:`raise_error`.
     """
+
+    def __init__(self, run: _Run, resources: Resources) -> None:
+        import queue
+
+        self.run, self.resources = run, resources
+        self.board = _new_board()
+        self.pending: set[str] = set()  # submitted, not yet committed
+        self.error: BaseException | None = None
+        self.queue: "queue.Queue[Stage | None]" = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="w2s-data-jobs", daemon=True)  # Ctrl-C never waits
+        self.thread.start()
+
+    def submit(self, stage: Stage) -> None:
+        self.pending.add(stage.key)
+        self.queue.put(stage)
+
+    def _work(self) -> None:
+        import ray
+
+        try:
+            while (stage := self.queue.get()) is not None:
+                if INTERRUPTED.is_set():
+                    return
+                started = self.run.now()
+                meta = _run_data_job(stage, self.run.store, self.resources)
+                ray.get(self.board.mark.remote(stage.key))
+                self.pending.discard(stage.key)
+                rows = sum(meta["rows"].values()) if isinstance(meta["rows"], dict) else meta["rows"]
+                self.run.ran(stage, meta["seconds"], f"{stage.name}: {rows} rows"
+                             f"{' cached' if stage.kind == 'features' else ''} ({meta['seconds']:.1f}s)", started)
+        except BaseException as e:  # noqa: BLE001 (raised again in the main thread)
+            self.error = e
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def drain(self) -> None:
+        """Wait until every submitted job is committed (Ctrl-C and job errors surface here)."""
+        while self.pending and self.error is None:
+            _stop_if_interrupted()
+            time.sleep(0.1)
+        self.raise_error()
+
+    def close(self) -> None:
+        import ray
+
+        self.queue.put(None)
+        with contextlib.suppress(Exception):
+            ray.kill(self.board)
+
+
+def _prewarm_inference(plan: Plan, resources: Resources) -> bool:
+    """Before the first training of a local CPU run with inference to come, warm the inference worker.
+
+    Only locally: on a cluster the job's tasks may land on any node, and
+    fixed seconds matter little against GPU training.
+    """
+    from w2s_ray.label import prewarm_worker
+
+    if resources.address or resources.use_gpu or not any(s.kind == "infer" for s in plan.stages.values()):
+        return False
+    prewarm_worker()
+    return True
+
+
+def _run_data_job(stage: Stage, store: ArtifactStore, resources: Resources) -> dict[str, Any]:
+    """One Ray Data job (weak labels, predictions, features) with every core; returns its manifest meta."""
     from w2s_ray.label import run_infer_stage
     from w2s_ray.probe import run_features_stage
 
     threads = resources.torch_threads or (os.cpu_count() or 1)
-    for stage in stages:
-        if stage.kind == "features":
-            yield stage, run_features_stage(stage, store, threads=threads, use_gpu=resources.use_gpu)
-        else:
-            yield stage, run_infer_stage(stage, store, actors=1, threads=threads, use_gpu=resources.use_gpu)
+    if stage.kind == "features":
+        return run_features_stage(stage, store, threads=threads, use_gpu=resources.use_gpu)
+    return run_infer_stage(stage, store, actors=1, threads=threads, use_gpu=resources.use_gpu)
 
 
 def resolve_dataset_by_params(stage: Stage, resolve: Callable[[str], Any]) -> Any:

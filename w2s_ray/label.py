@@ -119,6 +119,26 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
     return meta
 
 
+def _import_inference_modules() -> None:
+    import transformers  # noqa: F401
+
+    from w2s_ray import models, train  # noqa: F401
+
+
+def prewarm_worker() -> Any:
+    """Start the pooled worker process that the first CPU inference job will run in, with its imports done.
+
+    Started while a training runs (its launch leaves a core idle), the ~5 s
+    of one core that a fresh process spends importing torch and transformers
+    leave the labels job's critical path: Ray keeps the idle process and hands
+    it the job's tasks (a local cluster keeps idle workers: see
+    ``execute.LOCAL_RAY_ENV``). Returns the task's ref (nothing to wait for).
+    """
+    import ray
+
+    return ray.remote(num_cpus=1)(_import_inference_modules).remote()
+
+
 def read_predictions(store: Any, key: str) -> "Any":
     """The committed ``id, p1`` (and text) table of an ``infer`` artifact."""
     return pq.read_table(store.path(key, "data"), filesystem=store.fs).to_pandas()

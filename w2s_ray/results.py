@@ -246,7 +246,7 @@ def format_grid(frame: pd.DataFrame) -> str:
 def format_table(row: dict[str, Any]) -> str:
     """The terminal table for one cell (numbers straight from the row)."""
     lines = [f"{'':10}{'test acc':>10}{'± se':>8}{'AUROC':>8}"]
-    names = {"weak": f"weak ({row['weak']})", "student": f"student", "ceiling": f"ceiling ({row['strong']})"}
+    names = {"weak": f"weak ({row['weak']})", "student": "student", "ceiling": f"ceiling ({row['strong']})"}
     for role in ROLES:
         lines.append(f"{role:10}{row[f'{role}_acc']:>10.4f}{row[f'{role}_acc_se']:>8.4f}{row[f'{role}_auroc']:>8.4f}"
                      f"   {names[role]}")

@@ -348,7 +348,8 @@ def fit_train_stage(
         if select:
             meta["selected_epoch"] = history[-1]["epoch"]
         t_commit = time.perf_counter()
-        meta["timing"] = stage_timing(_full_history(result) if select else history, fit_at, seconds)
+        meta["timing"] = {**stage_timing(_full_history(result) if select else history, fit_at, seconds),
+                          "fit_at": fit_at}  # wall clock (s since the epoch) when fit() was called
         store.commit(stage.key, Path(d), meta, exclude=(TRAIN_STATE,))
     meta["timing"]["commit_s"] = time.perf_counter() - t_commit
     return meta
