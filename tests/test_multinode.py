@@ -233,8 +233,16 @@ def multinode_sweep(tmp_path_factory, asset_home):
         }
         entrypoint = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "w2s_ray.cli", "sweep",
                                                          str(spec_path), "--out", str(shared)))
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": job_env},
-                                   entrypoint_resources={"w2s_driver": 1})
+        deadline = time.time() + 120
+        while True:  # the head's job agent registers a little after the Job server answers
+            try:
+                job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": job_env},
+                                           entrypoint_resources={"w2s_driver": 1})
+                break
+            except RuntimeError as e:
+                if "No available agent" not in str(e) or time.time() > deadline:
+                    raise
+                time.sleep(2)
         result["job_id"] = job_id
         t_job = time.time()
 
