@@ -233,9 +233,9 @@ def epoch_line(name: str, m: dict[str, Any]) -> str:
 
 
 class _TrialProgress:
-    """Tune callback: prints the epochs in ``log`` (at most once a second) and trial failures."""
+    """Tune callback: prints the epochs in ``log`` (at most once a second) and trial failures; reports completions."""
 
-    def __new__(cls, stages: dict[str, Stage], progress: Progress, log: Any):
+    def __new__(cls, stages: dict[str, Stage], progress: Progress, log: Any, finished: Callable[[Stage], None]):
         import ray
         from ray import tune
 
@@ -261,24 +261,31 @@ class _TrialProgress:
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
                 progress(f"    {stages[trial.config['stage']].name}: trial failed (Tune retries per FailureConfig)")
 
+            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+                self.flush()
+                finished(stages[trial.config["stage"]])
+
         return Callback()
 
 
 def train_trial(config: dict[str, Any], stages: dict[str, Stage], store_uri: str, resources: Resources,
-                storage_path: str, torch_threads: int, log: Any, pending: frozenset[str] = frozenset()) -> None:
-    """A Tune function trial: wait for inputs still being computed (``pending``), train as a TorchTrainer, commit."""
+                storage_path: str, threads: dict[str, int], log: Any, waits: dict[str, list[str]]) -> None:
+    """A Tune function trial: wait for its ``waits`` on the board, train as a TorchTrainer, commit, mark the board."""
+    import ray
     from ray import tune
 
     from w2s_ray.train import fit_train_stage
 
     stage = stages[config["stage"]]
-    wait_for_inputs(log, [k for k in stage.deps if k in pending])
+    wait_for_inputs(log, waits.get(stage.key, []))
     store = ArtifactStore(store_uri)
     if store.exists(stage.key):  # committed by an earlier attempt of this trial
+        ray.get(log.mark.remote(stage.key))
         tune.report({"committed": 1, "cached": 1})
         return
-    meta = fit_train_stage(stage, store, resources, storage_path, torch_threads,
+    meta = fit_train_stage(stage, store, resources, storage_path, threads[stage.key],
                            callbacks=[epoch_reporter(log, stage.key)])
+    ray.get(log.mark.remote(stage.key))
     tune.report({"committed": 1, "cached": 0, "seconds": meta["seconds"]})
 
 
@@ -354,20 +361,24 @@ def _abort_stopper(abort: _Hook) -> Any:
     return Abort()
 
 
-def _run_train_layer(stages: list[Stage], threads: int, store: ArtifactStore, resources: Resources,
-                     storage_path: str, progress: Progress, board: Any, pending: frozenset[str] = frozenset(),
-                     abort: Callable[[], bool] = lambda: False) -> None:
-    """A layer's trainings as one Tune experiment; trials whose inputs are in ``pending`` wait for them on ``board``.
+def _run_trainings(stages: list[Stage], threads: dict[str, int], waits: dict[str, list[str]], store: ArtifactStore,
+                   resources: Resources, storage_path: str, progress: Progress, board: Any,
+                   finished: Callable[[Stage], None], abort: Callable[[], bool]) -> None:
+    """Trainings as one Tune experiment, started in ``stages`` order, ``max_concurrent_trials`` at a time.
 
-    Returns quietly when ``abort()`` (a failed data job) ended the experiment: the caller raises that error.
+    A trial first waits on ``board`` for its ``waits`` (inputs still being
+    computed, or the trainings of the layer before it); each wait must point
+    to stages earlier in the order, so waits always end. ``finished(stage)``
+    is called as each trial completes. Returns quietly when ``abort()`` (a
+    failed data job, Ctrl-C) ended the experiment: the caller raises why.
     """
     from ray import tune
 
     concurrent = min(len(stages), resources.max_concurrent_trials)
     by_key = {s.key: s for s in stages}
-    log, stop = board, _Hook(abort)
+    log, stop, done = board, _Hook(abort), _Hook(finished)
     trainable = tune.with_parameters(train_trial, stages=by_key, store_uri=store.uri, resources=resources,
-                                     storage_path=storage_path, torch_threads=threads, log=log, pending=pending)
+                                     storage_path=storage_path, threads=threads, log=log, waits=waits)
     digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:12]
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(resources)),
@@ -377,7 +388,7 @@ def _run_train_layer(stages: list[Stage], threads: int, store: ArtifactStore, re
             name=f"train-layer-{digest}",
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-            callbacks=[_TrialProgress(by_key, progress, log)],
+            callbacks=[_TrialProgress(by_key, progress, log, done)],
             stop=_abort_stopper(stop),
             verbose=0,
         ),
@@ -387,6 +398,7 @@ def _run_train_layer(stages: list[Stage], threads: int, store: ArtifactStore, re
             grid = tuner.fit()
     finally:
         stop.close()
+        done.close()
     if abort():
         return
     failed = [f"{by_key[r.config['stage']].name}: {_root_cause(r.error)} (trial log: {r.path})"
@@ -447,20 +459,80 @@ class _Run:
         self.count(line)
 
 
+PIPELINE_KINDS = frozenset({"data", "train", "infer"})
+
+
 def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path: str,
             progress: Progress = print) -> ExecutionReport:
-    """Run every stage of ``plan`` whose artifact is missing, in dependency order."""
+    """Run every stage of ``plan`` whose artifact is missing, in dependency order.
+
+    Plans of trainings and inference only (single runs, grids, bootstrapping
+    chains) run as one Tune experiment over every training, layer after
+    layer, beside a thread of Ray Data jobs (:func:`_execute_pipelined`);
+    plans with searches or probes run layer by layer (:func:`_execute_layers`).
+    """
     if "://" not in storage_path:  # Tune and Train need an absolute path (or a URI)
         storage_path = str(Path(storage_path).expanduser().resolve())
     run = _Run(plan, store, progress)
+    if {s.kind for s in plan.stages.values()} <= PIPELINE_KINDS:
+        _execute_pipelined(run, resources, storage_path)
+    else:
+        _execute_layers(run, resources, storage_path)
+    return run.report
+
+
+def _execute_pipelined(run: _Run, resources: Resources, storage_path: str) -> None:
+    """Every training in one Tune experiment, started layer by layer; every Ray Data job as soon as it can run.
+
+    A trial waits on the board for the trainings of the layer before its own
+    (so side-by-side trainings are the ones :meth:`Plan.layers` pairs, with
+    the thread count of that layer) and for the data jobs it reads (weak
+    labels). Its process starts, and imports torch, while that earlier work
+    runs; the jobs run in the driver's job thread while trainings launch.
+    """
+    layers = run.plan.layers()
+    todo = [run.todo(layer) for layer in layers]
+    for s in [s for t in todo for s in t if s.kind == "data"]:
+        _stop_if_interrupted()
+        _data_stage(run, s)
+    train_layers = [(layer, [s for s in t if s.kind == "train"]) for layer, t in zip(layers, todo)]
+    train_layers = [(layer, train) for layer, train in train_layers if train]
+    infer = [s for t in todo for s in t if s.kind == "infer"]
+    if not train_layers and not infer:
+        return
+    ensure_ray(resources)
+    jobs = _DataJobs(run, resources)
+    try:
+        jobs.expect(s.key for _, train in train_layers for s in train)
+        for s in infer:
+            jobs.submit(s)
+        if train_layers:
+            _prewarm_inference(run.plan, resources)
+            order, threads, waits, before = [], {}, {}, []
+            for layer, train in train_layers:
+                n = layer_threads(sum(s.kind == "train" for s in layer), resources)
+                for s in train:
+                    order.append(s)
+                    threads[s.key] = n
+                    waits[s.key] = sorted({d for d in s.deps if d in jobs.expected} | set(before))
+                before = [s.key for s in train]
+            _trainings(run, order, threads, waits, jobs, resources, storage_path,
+                       f"in {len(train_layers)} layer(s), up to {resources.max_concurrent_trials} at a time")
+        jobs.drain()
+    finally:
+        jobs.close()
+
+
+def _execute_layers(run: _Run, resources: Resources, storage_path: str) -> None:
+    """Layer by layer; a layer's data jobs run (in the job thread) while the next layer's trainings launch."""
     jobs: _DataJobs | None = None
     warmed = False
     try:
-        for layer in plan.layers():
+        for layer in run.plan.layers():
             _stop_if_interrupted()
             todo = run.todo(layer)
             if todo and any(s.kind != "data" for s in todo):
-                ensure_ray(resources, dashboard=any(s.kind == "search" for s in plan.stages.values()))
+                ensure_ray(resources, dashboard=any(s.kind == "search" for s in run.plan.stages.values()))
                 jobs = jobs or _DataJobs(run, resources)
             for s in [s for s in todo if s.kind == "data"]:
                 _data_stage(run, s)
@@ -468,9 +540,12 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
                 jobs.drain()  # these read their inputs at once: no waiting on the board
             train = [s for s in todo if s.kind == "train"]
             if train:
-                warmed = warmed or _prewarm_inference(plan, resources)
-                _train_layer(run, train, layer_threads(sum(s.kind == "train" for s in layer), resources), jobs,
-                             resources, storage_path)
+                warmed = warmed or _prewarm_inference(run.plan, resources)
+                n = layer_threads(sum(s.kind == "train" for s in layer), resources)
+                jobs.expect(s.key for s in train)
+                _trainings(run, train, {s.key: n for s in train},
+                           {s.key: sorted(set(s.deps) & jobs.expected) for s in train}, jobs, resources,
+                           storage_path, "(one layer)")
             for s in [s for s in todo if s.kind == "search"]:
                 _search(run, s, resources, storage_path)
             for s in [s for s in todo if s.kind in ("features", "infer")]:
@@ -483,7 +558,6 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
     finally:
         if jobs:
             jobs.close()
-    return run.report
 
 
 def _data_stage(run: _Run, stage: Stage) -> None:
@@ -500,24 +574,29 @@ def _data_stage(run: _Run, stage: Stage) -> None:
     run.ran(stage, seconds, f"{stage.name}: {meta['rows']} rows ({seconds:.1f}s)", started)
 
 
-def _train_layer(run: _Run, train: list[Stage], threads: int, jobs: "_DataJobs", resources: Resources,
-                 storage_path: str) -> None:
+def _trainings(run: _Run, order: list[Stage], threads: dict[str, int], waits: dict[str, list[str]],
+               jobs: "_DataJobs", resources: Resources, storage_path: str, how: str) -> None:
+    """Run ``order`` as one Tune experiment (see :func:`_run_trainings`) and record each training as it completes."""
     started = run.now()
-    waits = sorted(jobs.pending & {d for s in train for d in s.deps})
-    run.progress(f"[{run.done + 1}-{run.done + len(train)}/{len(run.plan.stages)}] training {len(train)} model(s) on "
-                 f"Ray Train: " + "; ".join(s.name for s in train)
-                 + (f" (waiting for {len(waits)} data job(s) still running)" if waits else ""))
-    _run_train_layer(train, threads, run.store, resources, storage_path, run.progress, jobs.board,
-                     frozenset(waits), abort=lambda: jobs.error is not None or INTERRUPTED.is_set())
+    run.progress(f"training {len(order)} model(s) on Ray Train {how}: " + "; ".join(s.name for s in order))
+
+    def trained(stage: Stage) -> None:
+        m = run.store.manifest(stage.key, verify=False)
+        if m is None or stage.key in run.report.ran:
+            return
+        fit_at = m.meta.get("timing", {}).get("fit_at", time.time() - m.meta["seconds"])
+        begin = fit_at - run.t0_wall
+        run.ran(stage, m.meta["seconds"], f"{stage.name}: trained ({m.meta['seconds']:.1f}s)", begin,
+                begin + m.meta["seconds"])
+
+    _run_trainings(order, threads, waits, run.store, resources, storage_path, run.progress, jobs.board, trained,
+                   abort=lambda: jobs.error is not None or INTERRUPTED.is_set())
     _stop_if_interrupted()
     jobs.raise_error()
-    for s in train:
-        meta = run.store.manifest(s.key, verify=False).meta
-        fit_at = meta.get("timing", {}).get("fit_at", time.time() - meta["seconds"])
-        started = fit_at - run.t0_wall
-        run.ran(s, meta["seconds"], f"{s.name}: trained ({meta['seconds']:.1f}s)", started, started + meta["seconds"])
-    run.report.phases.append(("layer: " + ", ".join(s.name for s in train), started, run.now()))
-    run.progress(f"    layer done in {run.now() - started:.1f}s")
+    for s in order:  # a completion the callback did not see
+        trained(s)
+    run.report.phases.append(("trainings: " + ", ".join(s.name for s in order), started, run.now()))
+    run.progress(f"    {len(order)} training(s) done in {run.now() - started:.1f}s")
 
 
 def _search(run: _Run, stage: Stage, resources: Resources, storage_path: str) -> None:
@@ -543,42 +622,59 @@ def _probes(run: _Run, probes: list[Stage]) -> None:
 
 
 class _DataJobs:
-    """The Ray Data jobs (weak labels, predictions, features): one at a time, in order, in a driver thread.
+    """The Ray Data jobs (weak labels, predictions, features): one at a time, in a driver thread.
 
     One after another with every core, as measured best on 2 cores (two
     feature jobs side by side, one thread each: 63 s; one after the other:
-    45 s); in a thread so that they run while the next layer's trainings
-    launch. Each job marks its key on :attr:`board` when committed (trials
-    waiting for it start then); the first error stops the thread and is
-    raised by :meth:`drain` or :meth:`raise_error`.
+    45 s); in a thread so that they run while trainings launch and train.
+    The thread takes the first submitted job whose inputs are ready: not
+    :attr:`expected` (computed in this run) or marked on :attr:`board`. Each
+    job marks its own key when committed (trials waiting for it start then);
+    the first error stops the thread and is raised by :meth:`drain` or
+    :meth:`raise_error`.
     """
 
     def __init__(self, run: _Run, resources: Resources) -> None:
-        import queue
-
         self.run, self.resources = run, resources
         self.board = _new_board()
-        self.pending: set[str] = set()  # submitted, not yet committed
+        self.expected: set[str] = set()  # keys this run computes: a stage reading one waits for its mark
+        self.queue: list[Stage] = []  # submitted, not started
+        self.running: Stage | None = None
         self.error: BaseException | None = None
-        self.queue: "queue.Queue[Stage | None]" = queue.Queue()
+        self.closed = threading.Event()
         self.thread = threading.Thread(target=self._work, name="w2s-data-jobs", daemon=True)  # Ctrl-C never waits
         self.thread.start()
 
+    def expect(self, keys: Any) -> None:
+        self.expected.update(keys)
+
     def submit(self, stage: Stage) -> None:
-        self.pending.add(stage.key)
-        self.queue.put(stage)
+        self.expected.add(stage.key)
+        self.queue.append(stage)
+
+    def _next(self) -> Stage | None:
+        import ray
+
+        queued = list(self.queue)
+        waits = sorted({d for s in queued for d in s.deps if d in self.expected})
+        marked = set(ray.get(self.board.committed_among.remote(waits))) if waits else set()
+        return next((s for s in queued if all(d in marked or d not in self.expected for d in s.deps)), None)
 
     def _work(self) -> None:
         import ray
 
         try:
-            while (stage := self.queue.get()) is not None:
-                if INTERRUPTED.is_set():
-                    return
+            while not (self.closed.is_set() or INTERRUPTED.is_set()):
+                stage = self._next() if self.queue else None
+                if stage is None:
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                self.running = stage
+                self.queue.remove(stage)
                 started = self.run.now()
                 meta = _run_data_job(stage, self.run.store, self.resources)
                 ray.get(self.board.mark.remote(stage.key))
-                self.pending.discard(stage.key)
+                self.running = None
                 rows = sum(meta["rows"].values()) if isinstance(meta["rows"], dict) else meta["rows"]
                 self.run.ran(stage, meta["seconds"], f"{stage.name}: {rows} rows"
                              f"{' cached' if stage.kind == 'features' else ''} ({meta['seconds']:.1f}s)", started)
@@ -591,7 +687,7 @@ class _DataJobs:
 
     def drain(self) -> None:
         """Wait until every submitted job is committed (Ctrl-C and job errors surface here)."""
-        while self.pending and self.error is None:
+        while (self.queue or self.running is not None) and self.error is None:
             _stop_if_interrupted()
             time.sleep(0.1)
         self.raise_error()
@@ -599,7 +695,7 @@ class _DataJobs:
     def close(self) -> None:
         import ray
 
-        self.queue.put(None)
+        self.closed.set()
         with contextlib.suppress(Exception):
             ray.kill(self.board)
 
