@@ -98,7 +98,11 @@ class ClusterController:
                 "dashboard_port": self.dashboard_port, "object_store_memory": 200 << 20,
                 # notice a killed node in seconds, not the default ~15 s
                 "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}}
-        cfg = {"head": head, "worker": {**WORKER, "object_store_memory": 200 << 20}, "timeout": 180}
+        # own agent ports: another local cluster (the tests' session one) may hold Ray's defaults
+        head.update(dashboard_agent_listen_port=_free_port(), metrics_export_port=_free_port())
+        worker = {**WORKER, "object_store_memory": 200 << 20, "dashboard_agent_listen_port": _free_port(),
+                  "metrics_export_port": _free_port()}
+        cfg = {"head": head, "worker": worker, "timeout": 180}
         script = workdir / "controller.py"
         script.write_text(CONTROLLER)
         self.stderr_path = workdir / "controller.err"
