@@ -1,12 +1,14 @@
-"""Run a :class:`~w2s_ray.plan.Plan` on Ray, layer by layer, skipping what exists.
+"""Run a :class:`~w2s_ray.plan.Plan` on Ray, in the order of :meth:`Plan.layers`, skipping what exists.
 
 * ``data`` stages run in the driver (small pyarrow work);
-* the ``train`` stages of a layer run as one Ray Tune experiment, one function
-  trial per stage, each launching a ``TorchTrainer`` (the Train V2 pattern);
+* ``train`` stages run as Ray Tune function trials, each launching a
+  ``TorchTrainer`` (the Train V2 pattern): plans of trainings and inference
+  only put every training in one experiment, and a trial waits on the run's
+  :class:`Board` for the previous layer's trainings and its layer's weak
+  labels; other plans run one experiment per layer;
 * ``infer`` stages run as Ray Data batch-inference jobs, one at a time, in a
-  driver thread: a layer's jobs run while the next layer's trainings start,
-  and a training that reads a job's output (weak labels) waits for that job
-  alone, not for the whole layer;
+  driver thread, each as soon as its model is committed, so they overlap the
+  trainings that launch and train meanwhile;
 * probe mode: ``features`` stages are Ray Data jobs, ``probe`` / ``probeinfer``
   stages (a linear head on cached features) run as concurrent Ray tasks.
 
@@ -173,10 +175,10 @@ class Board:
 
     One actor instead of Tune's per-trial result queue (``TuneReportCallback``:
     a process per trial, polled five times a second, beside training on a
-    small machine); the driver drains the metrics once a second. Each data
-    job marks its key when committed, and a trial whose input is such a job
-    waits until it is marked: a commit of this execution, not merely a
-    manifest on disk (a damaged artifact being recomputed has one).
+    small machine); the driver drains the metrics once a second. Every
+    training and data job marks its key when committed, and a stage that
+    waits for one waits until it is marked: a commit of this execution, not
+    merely a manifest on disk (a damaged artifact being recomputed has one).
     """
 
     def __init__(self) -> None:
@@ -376,9 +378,9 @@ def _run_trainings(stages: list[Stage], threads: dict[str, int], waits: dict[str
 
     concurrent = min(len(stages), resources.max_concurrent_trials)
     by_key = {s.key: s for s in stages}
-    log, stop, done = board, _Hook(abort), _Hook(finished)
+    stop, done = _Hook(abort), _Hook(finished)
     trainable = tune.with_parameters(train_trial, stages=by_key, store_uri=store.uri, resources=resources,
-                                     storage_path=storage_path, threads=threads, log=log, waits=waits)
+                                     storage_path=storage_path, threads=threads, log=board, waits=waits)
     digest = hashlib.sha256("".join(sorted(by_key)).encode()).hexdigest()[:12]
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(resources)),
@@ -388,7 +390,7 @@ def _run_trainings(stages: list[Stage], threads: dict[str, int], waits: dict[str
             name=f"train-layer-{digest}",
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-            callbacks=[_TrialProgress(by_key, progress, log, done)],
+            callbacks=[_TrialProgress(by_key, progress, board, done)],
             stop=_abort_stopper(stop),
             verbose=0,
         ),

@@ -348,8 +348,7 @@ def fit_train_stage(
         if select:
             meta["selected_epoch"] = history[-1]["epoch"]
         t_commit = time.perf_counter()
-        meta["timing"] = {**stage_timing(_full_history(result) if select else history, fit_at, seconds),
-                          "fit_at": fit_at}  # wall clock (s since the epoch) when fit() was called
+        meta["timing"] = stage_timing(_full_history(result) if select else history, fit_at, seconds)
         store.commit(stage.key, Path(d), meta, exclude=(TRAIN_STATE,))
     meta["timing"]["commit_s"] = time.perf_counter() - t_commit
     return meta
@@ -361,16 +360,17 @@ def stage_timing(history: list[dict[str, Any]], fit_at: float, fit_s: float) -> 
     launch: ``fit()`` called -> worker loop running (controller, worker
     process, imports); setup: model load + ingest; loop: this run's steps
     (a resumed run counts only the epochs it ran itself); the remainder of
-    ``fit()`` is checkpointing, reporting and teardown.
+    ``fit()`` is checkpointing, reporting and teardown. ``fit_at`` (wall
+    clock, s since the epoch) places the training on the run's timeline.
     """
     firsts = [i for i, h in enumerate(history) if "worker_started_at" in h]
     if not firsts:
-        return {"fit_s": fit_s}
+        return {"fit_at": fit_at, "fit_s": fit_s}
     first = history[firsts[-1]]
     launch, setup = first["worker_started_at"] - fit_at, first["setup_s"]
     loop = sum(h["epoch_s"] for h in history[firsts[-1]:])
-    return {"fit_s": fit_s, "launch_s": launch, "setup_s": setup, "ingest_s": first["ingest_s"], "loop_s": loop,
-            "checkpoint_report_s": fit_s - launch - setup - loop}
+    return {"fit_at": fit_at, "fit_s": fit_s, "launch_s": launch, "setup_s": setup, "ingest_s": first["ingest_s"],
+            "loop_s": loop, "checkpoint_report_s": fit_s - launch - setup - loop}
 
 
 def _full_history(result: Any) -> list[dict[str, Any]]:
