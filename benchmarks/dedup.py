@@ -20,7 +20,7 @@ from pathlib import Path
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.execute import execute
+from w2s_ray.scheduler import execute
 from w2s_ray.plan import plan_experiments
 from w2s_ray.spec import spec_from_dict
 

@@ -32,7 +32,7 @@ def ray_cluster():
     import ray
 
     from w2s_ray.config import Resources
-    from w2s_ray.execute import ensure_ray
+    from w2s_ray.runtime import ensure_ray
 
     ensure_ray(Resources(num_cpus=4), dashboard=True)  # tests read the State API
     yield ray
@@ -61,7 +61,7 @@ def pipeline_run(ray_cluster, tmp_path_factory):
 
     from w2s_ray.artifacts import ArtifactStore
     from w2s_ray.config import Resources
-    from w2s_ray.execute import execute
+    from w2s_ray.scheduler import execute
     from w2s_ray.plan import plan_experiment
 
     out = tmp_path_factory.mktemp("pipeline")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from w2s_ray.config import LossConfig, Resources
-from w2s_ray.execute import execute
+from w2s_ray.scheduler import execute
 from w2s_ray.plan import plan_experiment
 from w2s_ray.results import cell_row
 

@@ -303,7 +303,7 @@ def _labels(store: ArtifactStore, key: str):  # noqa: ANN202
 
 @pytest.fixture(scope="module")
 def runs(pipeline_run, tmp_path_factory):
-    from w2s_ray.execute import execute
+    from w2s_ray.scheduler import execute
     from w2s_ray.results import cell_row
 
     root = tmp_path_factory.mktemp("reliability")

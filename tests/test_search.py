@@ -12,7 +12,7 @@ import pytest
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import ExperimentConfig, Resources, SearchConfig, SplitConfig, TrainOverrides
-from w2s_ray.execute import execute
+from w2s_ray.scheduler import execute
 from w2s_ray.plan import plan_experiments
 from w2s_ray.results import cell_row, trial_rows
 from w2s_ray.search import read_trials
@@ -73,7 +73,7 @@ def test_orphan_placement_groups_are_released_and_live_ones_kept(ray_cluster):
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from w2s_ray.execute import release_orphan_placement_groups
+    from w2s_ray.runtime import release_orphan_placement_groups
 
     orphan, live = placement_group([{"CPU": 0.01}]), placement_group([{"CPU": 0.01}])
     ray.get([orphan.ready(), live.ready()])

@@ -17,6 +17,7 @@ the local cache is checked against them as it is written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
@@ -102,6 +103,18 @@ class Manifest:
     def from_json(cls, text: str) -> "Manifest":
         d = json.loads(text)
         return cls(key=d["key"], files=d["files"], meta=d.get("meta", {}), created=d["created"])
+
+
+@dataclass
+class Build:
+    """An artifact being built by ``ArtifactStore.building``: write under ``dir``, set ``meta``.
+
+    ``manifest`` is filled in once the block has committed.
+    """
+
+    dir: Path
+    meta: dict[str, Any] | None = None
+    manifest: Manifest | None = None
 
 
 def resolve_fs(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
@@ -343,6 +356,24 @@ class ArtifactStore:
                 shutil.copyfileobj(fin, fout, 1 << 20)
         with self.fs.open_output_stream(f"{base}/{MANIFEST}") as fout:  # the commit record, last
             fout.write(manifest.to_json().encode())
+
+    @contextlib.contextmanager
+    def building(self, key: str, exclude: tuple[str, ...] = ()) -> Iterator[Build]:
+        """A fresh staging folder for ``key``'s files; committed with ``build.meta`` when the block ends normally.
+
+        On an exception nothing is committed; the staging folder is always
+        removed, so a failed stage leaves nothing half-written. A block that
+        ends without setting ``meta`` is a bug: it raises and commits nothing.
+        """
+        check_key(key)  # before the stage's work, not after it
+        build = Build(self.staging_dir())
+        try:
+            yield build
+            if build.meta is None:
+                raise RuntimeError(f"artifact {key}: the build ended without setting its meta; nothing committed")
+            build.manifest = self.commit(key, build.dir, build.meta, exclude)
+        finally:
+            shutil.rmtree(build.dir, ignore_errors=True)
 
     def staging_dir(self) -> Path:
         """A private local scratch directory for building an artifact."""

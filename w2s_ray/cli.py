@@ -130,7 +130,7 @@ def _flag(path: str) -> str:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from w2s_ray.execute import local_concurrency
+    from w2s_ray.runtime import local_concurrency
     from w2s_ray.offline import OfflineAssetError
     from w2s_ray.plan import plan_experiment
     from w2s_ray.sweep import Layout
@@ -166,23 +166,18 @@ def _describe_counts(plan) -> str:  # noqa: ANN001
 
 
 def _execute(command: str, plan, layout, resources: Resources, info: dict) -> int:  # noqa: ANN001
-    """Run a plan and print its table; Ctrl-C keeps every committed stage for the next run."""
-    from w2s_ray.execute import StageFailed
+    """Run a plan and print its table; exit 1 if a stage failed, 130 on Ctrl-C (committed stages are kept)."""
     from w2s_ray.results import format_grid, format_table
+    from w2s_ray.scheduler import INTERRUPTED
     from w2s_ray.sweep import run_plan
 
-    from w2s_ray.execute import INTERRUPTED
-
     def on_sigint(signum: int, frame: Any) -> None:
-        INTERRUPTED.set()  # seen between stages even if a running Ray Data job swallows the exception
+        INTERRUPTED.set()  # seen at the scheduler's next step even if a running Ray Data job swallows it
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         result = run_plan(plan, layout, resources, info, progress=_say)
-    except StageFailed as e:
-        _fail(command, str(e))
-        return 1
     except KeyboardInterrupt:
         _fail(command, "interrupted; committed stages are kept: re-run the same command to resume")
         return 130
@@ -190,11 +185,20 @@ def _execute(command: str, plan, layout, resources: Resources, info: dict) -> in
         signal.signal(signal.SIGINT, previous)
         INTERRUPTED.clear()
     _say("")
-    _say(format_table(result.rows[0]) if len(result.rows) == 1 else format_grid(pd_frame(result.rows)))
-    _say(f"\n{result.stages_run} stage(s) run, {result.stages_loaded} loaded from artifacts, "
-         f"{result.seconds:.1f}s; results: {result.paths['parquet']} (+ .csv, .json)")
+    single = len(result.rows) == 1 and result.rows[0]["status"] == "ok"
+    _say(format_table(result.rows[0]) if single else format_grid(pd_frame(result.rows)))
+    by_status = {s: sum(r["status"] == s for r in result.rows) for s in ("ok", "failed", "blocked")}
+    _say(f"\ncells: {by_status['ok']} done, {by_status['failed']} failed, {by_status['blocked']} blocked; "
+         f"{result.stages_run} stage(s) run, {result.stages_loaded} loaded from artifacts, "
+         f"{len(result.failed)} failed, {result.blocked} blocked, {result.seconds:.1f}s; "
+         f"results: {result.paths['parquet']} (+ .csv, .json)")
     if "report" in result.paths:
         _say(f"report: {result.paths['report']} (figures beside it)")
+    if not result.ok:
+        for name, cause in result.failed.items():
+            _fail(command, f"{name} failed: {cause}")
+        _fail(command, "re-run the same command to retry what failed (committed stages are kept)")
+        return 1
     return 0
 
 

@@ -14,7 +14,6 @@ a student that trains on it cannot see GT.
 from __future__ import annotations
 
 import functools
-import shutil
 import time
 from typing import Any
 
@@ -109,13 +108,11 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
     else:
         out = ds.map_batches(predict_batch, fn_kwargs=predictor, batch_size=INFER_BATCH, num_cpus=1,
                              concurrency=max(actors, 1))
-    staging = store.staging_dir()
-    out.write_parquet(str(staging / "data"))
-    rows = pq.ParquetDataset(str(staging / "data")).read(columns=["id"]).num_rows
-    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": rows,
-            "seconds": time.perf_counter() - t0}
-    store.commit(stage.key, staging, meta)
-    shutil.rmtree(staging, ignore_errors=True)
+    with store.building(stage.key) as build:
+        out.write_parquet(str(build.dir / "data"))
+        rows = pq.ParquetDataset(str(build.dir / "data")).read(columns=["id"]).num_rows
+        build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": rows,
+                             "seconds": time.perf_counter() - t0}
     return meta
 
 

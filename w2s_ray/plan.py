@@ -182,6 +182,11 @@ class Cell:
     student_test: str
 
 
+def cell_stage_keys(cell: Cell) -> list[str]:
+    """The keys of the stages a cell's row reads, in pipeline order."""
+    return [getattr(cell, f) for f in Cell.__dataclass_fields__ if f != "config"]
+
+
 LATE_KINDS = ("train", "search")  # see Plan.layers
 
 

@@ -139,3 +139,46 @@ def _plan(strategy: str, workers: int, gb: float | None, checkpointing: bool) ->
         "gradient_checkpointing": checkpointing,
         "per_gpu_gb": _round(gb),
     }
+
+
+DEFAULT_PARAMS_M = 100.0  # a model of unknown size (a local directory) is costed as a base-size one
+SPLIT_ROWS = {"A": "n_weak", "B": "n_strong", "test": "n_test", "val": "n_val"}
+
+
+def model_params_m(model: dict[str, Any]) -> float:
+    """Millions of parameters of a stage's model (its ``effective()`` dict): the registry's, else the hub id's."""
+    from w2s_ray.models import REGISTRY
+
+    spec = REGISTRY.get(model.get("name", ""))
+    if spec is not None and spec.params_m is not None:
+        return spec.params_m
+    return params_m(ModelSpec(model.get("name", ""), model.get("source", ""))) or DEFAULT_PARAMS_M
+
+
+def stage_cost(stage: Any, split_rows: dict[str, int], model: dict[str, Any] | None = None) -> float:
+    """Estimated compute of one stage in TFLOPs (``6·P·tokens`` to train, ``2·P·tokens`` to infer).
+
+    Only relative sizes matter: the scheduler starts the stages on the longest
+    remaining path first, and the simulated-cluster benchmark sleeps this long.
+    ``split_rows`` holds the rows of each split of the stage's data
+    (``A``, ``B``, ``test``, ``val``); ``model`` is the model an ``infer``
+    stage runs (its params name only the trained model's key). Data stages and
+    linear heads cost ~0.
+    """
+    p = stage.params
+    if stage.kind == "search":
+        per_trial = 6 * model_params_m(p["model"]) * split_rows.get("B", 0)
+        if "train" in p:
+            per_trial *= p["train"]["max_len"] * p["train"]["epochs"] / 1e6
+        else:  # probe heads
+            per_trial = split_rows.get("B", 0) * 1e-6
+        return per_trial * p["search"]["num_samples"]
+    if stage.kind == "train":
+        tokens = split_rows.get(p["split"], 0) * p["train"]["max_len"] * p["train"]["epochs"]
+        return 6 * model_params_m(p["model"]) * tokens / 1e6
+    if stage.kind == "infer":
+        return 2 * model_params_m(model or {}) * split_rows.get(p["split"], 0) \
+            * p["max_len"] / 1e6
+    if stage.kind == "features":
+        return 2 * model_params_m(p["model"]) * sum(split_rows.values()) * p["max_len"] / 1e6
+    return sum(split_rows.values()) * 1e-6

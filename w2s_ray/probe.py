@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -89,14 +88,12 @@ def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_g
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
     )
-    staging = store.staging_dir()
-    out.write_parquet(str(staging / "data"))
-    table = pq.ParquetDataset(str(staging / "data")).read(columns=["split"])
-    rows = {s: int(pc.sum(pc.equal(table["split"], s)).as_py() or 0) for s in splits}
-    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": rows,
-            "seconds": time.perf_counter() - t0}
-    store.commit(stage.key, staging, meta)
-    shutil.rmtree(staging, ignore_errors=True)
+    with store.building(stage.key) as build:
+        out.write_parquet(str(build.dir / "data"))
+        table = pq.ParquetDataset(str(build.dir / "data")).read(columns=["split"])
+        rows = {s: int(pc.sum(pc.equal(table["split"], s)).as_py() or 0) for s in splits}
+        build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": rows,
+                             "seconds": time.perf_counter() - t0}
     return meta
 
 
@@ -253,15 +250,13 @@ def run_probe_stage(stage: Any, store_uri: str,
         feats, targets, stage.params["loss"], stage.params["probe"], stage.params["seed"],
         monitor=None if select else gt_test_scorer(store, stage),  # a search trial logs nothing from the test set
         validate=validation_scorer(store, stage) if select else None, on_epoch=on_epoch)
-    staging = store.staging_dir()
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / HEAD_FILE))
-    (staging / "history.json").write_text(json.dumps(history, indent=1))
-    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
-            "history": history, "seconds": time.perf_counter() - t0}
-    if select:
-        meta["selected_epoch"] = history[-1]["epoch"]
-    store.commit(stage.key, staging, meta)
-    shutil.rmtree(staging, ignore_errors=True)
+    with store.building(stage.key) as build:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(build.dir / HEAD_FILE))
+        (build.dir / "history.json").write_text(json.dumps(history, indent=1))
+        build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
+                             "history": history, "seconds": time.perf_counter() - t0}
+        if select:
+            meta["selected_epoch"] = history[-1]["epoch"]
     return meta
 
 
@@ -277,14 +272,12 @@ def run_probe_infer_stage(stage: Any, store_uri: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     weights = load_file(str(store.local_dir(stage.inputs["model"]) / HEAD_FILE))
     ids, feats = read_features(store, stage.inputs["features"], stage.params["split"])
-    staging = store.staging_dir()
-    (staging / "data").mkdir(parents=True)
-    pq.write_table(pa.table({"id": ids, "p1": predict_head(weights, feats).astype(np.float32)}),
-                   staging / "data" / "part-0.parquet")
-    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
-            "seconds": time.perf_counter() - t0}
-    store.commit(stage.key, staging, meta)
-    shutil.rmtree(staging, ignore_errors=True)
+    with store.building(stage.key) as build:
+        (build.dir / "data").mkdir(parents=True)
+        pq.write_table(pa.table({"id": ids, "p1": predict_head(weights, feats).astype(np.float32)}),
+                       build.dir / "data" / "part-0.parquet")
+        build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
+                             "seconds": time.perf_counter() - t0}
     return meta
 
 

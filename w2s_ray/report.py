@@ -245,6 +245,8 @@ def write_report(results_dir: Path) -> dict[str, Path]:
 
     results_dir = Path(results_dir)
     cells, agg = read_results(results_dir)
+    if "status" in cells:  # failed or blocked cells have no numbers to plot (results.csv lists them)
+        cells = cells[cells["status"] == "ok"]
     paths = {
         "accuracy_vs_size": plot_accuracy_vs_size(agg, results_dir),
         "pgr_heatmap": plot_pgr_heatmap(agg, results_dir),

@@ -76,16 +76,29 @@ def agreement_by_weak_correctness(y: np.ndarray, p_weak: np.ndarray, p_student: 
     return out
 
 
+def _cell_fields(cell: Cell) -> dict[str, Any]:
+    cfg = cell.config
+    return {"dataset": cfg.dataset, "weak": cfg.weak, "strong": cfg.strong,
+            "loss": "logconf" if cfg.search is not None else cfg.loss.name, "seed": cfg.split.seed}
+
+
+def incomplete_row(cell: Cell, status: str, reason: str | None) -> dict[str, Any]:
+    """The row of a cell that could not be measured: what it is, ``status`` (failed / blocked) and why."""
+    cfg = cell.config
+    method = f"search:{cfg.search.objective}" if cfg.search is not None else cfg.method
+    return {**_cell_fields(cell), "status": status, "reason": reason, "method": method,
+            "alpha_max": cfg.loss.alpha_max if cfg.search is None and cfg.loss.uses_alpha else None,
+            "warmup_frac": cfg.loss.warmup_frac if cfg.search is None and cfg.loss.uses_alpha else None,
+            "chain": " -> ".join((cfg.weak, *cfg.chain, cfg.strong)) if cfg.chain else None}
+
+
 def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, Any]:
     """The results row of one cell, measured from its committed artifacts."""
     frame = _test_frame(store, cell)
     y = frame["label"].to_numpy()
     cfg = cell.config
-    row: dict[str, Any] = {
-        "dataset": cfg.dataset, "weak": cfg.weak, "strong": cfg.strong,
-        "loss": "logconf" if cfg.search is not None else cfg.loss.name,
-        **_method_fields(store, cell), "seed": cfg.split.seed, "n_test": len(y),
-    }
+    row: dict[str, Any] = {**_cell_fields(cell), "status": "ok", "reason": None,
+                           **_method_fields(store, cell), "n_test": len(y)}
     for role in ROLES:
         p = frame[f"p_{role}"].to_numpy()
         acc = metrics.accuracy(y, p)
@@ -214,7 +227,8 @@ def read_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise FileNotFoundError(f"{results_dir} holds no results.parquet (not a w2s-ray results directory)")
     cells = pd.read_parquet(results_dir / "results.parquet")
     agg_path = results_dir / "aggregate.parquet"
-    agg = pd.read_parquet(agg_path) if agg_path.is_file() else aggregate(cells.to_dict("records"))
+    ok = cells[cells["status"] == "ok"] if "status" in cells else cells
+    agg = pd.read_parquet(agg_path) if agg_path.is_file() else aggregate(ok.to_dict("records"))
     return cells, agg
 
 
@@ -236,6 +250,10 @@ def format_grid(frame: pd.DataFrame) -> str:
     head = f"{'dataset':20}{'weak':14}{'strong':14}{'loss':22}{'seed':>5}{'weak':>8}{'student':>9}{'ceiling':>9}{'PGR':>8}"
     lines = [head]
     for r in frame.to_dict("records"):
+        if r.get("status", "ok") != "ok":
+            lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{r['method'][:21]:22}"
+                         f"{r['seed']:>5}  {str(r['status']).upper()}: {r['reason']}")
+            continue
         loss = short_loss(r)
         pgr = "n/a" if r["pgr"] is None or (isinstance(r["pgr"], float) and math.isnan(r["pgr"])) else f"{r['pgr']:.3f}"
         lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{loss:22}{r['seed']:>5}"

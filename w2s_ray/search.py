@@ -117,7 +117,7 @@ class _SearchProgress:
                 now = time.monotonic()
                 if now - self.last_sweep > 20:  # trials stopped by ASHA leave Train placement groups behind
                     self.last_sweep = now
-                    from w2s_ray.execute import release_orphan_placement_groups
+                    from w2s_ray.runtime import release_orphan_placement_groups
 
                     for pg in release_orphan_placement_groups():
                         progress(f"    released placement group {pg[:12]} of a stopped trial")
@@ -141,14 +141,14 @@ def run_search_stage(stage: Stage, store: ArtifactStore, resources: Resources, s
         test_keys.append(_predict_test(stage, row, store, resources) if row.committed else None)
     trials["test_key"] = test_keys
     best = trials[trials["committed"]].sort_values(["objective", "trial_index"], ascending=[False, True]).iloc[0]
-    staging = store.staging_dir()
-    trials.to_parquet(staging / TRIALS_FILE, index=False)
-    meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "seconds": time.perf_counter() - t0,
+    with store.building(stage.key) as build:
+        trials.to_parquet(build.dir / TRIALS_FILE, index=False)
+        build.meta = meta = {
+            "stage": stage.name, "params": stage.params, "inputs": stage.inputs, "seconds": time.perf_counter() - t0,
             "objective": stage.params["search"]["objective"],
             "best": {k: _plain(best[k]) for k in ("trial_key", "test_key", "alpha_max", "warmup_frac", "lr",
-                                                    "objective")},
+                                                  "objective")},
             "trials": len(trials), "finished": int(trials["committed"].sum())}
-    store.commit(stage.key, staging, meta)
     return meta
 
 
@@ -183,7 +183,7 @@ def _tune(stage: Stage, store: ArtifactStore, resources: Resources, storage_path
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from w2s_ray.execute import quiet_tune_logs, trial_resources
+    from w2s_ray.runtime import quiet_tune_logs, trial_driver_request
 
     import optuna
 
@@ -194,7 +194,7 @@ def _tune(stage: Stage, store: ArtifactStore, resources: Resources, storage_path
     trainable = tune.with_resources(
         tune.with_parameters(search_trial, stage=stage, store_uri=store.uri, resources=resources,
                              storage_path=storage_path, torch_threads=threads),
-        trial_resources(resources))
+        trial_driver_request(resources))
     name = f"search-{stage.key}"
     path = f"{storage_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):

@@ -15,7 +15,7 @@ interrupted training resumes from its last epoch checkpoint.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,25 +52,58 @@ class SweepResult:
     stages_run: int
     stages_loaded: int
     seconds: float
+    failed: dict[str, str] = field(default_factory=dict)  # stage name -> root cause
+    blocked: int = 0  # stages never started because an input failed
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked
 
 
 def run_plan(plan: Plan, layout: Layout, resources: Resources, run_info: dict[str, Any],
              progress: Progress = print, report: bool = True) -> SweepResult:
-    """Execute ``plan`` (skipping committed stages), then write results and figures."""
-    from w2s_ray.execute import execute
-    from w2s_ray.results import aggregate, cell_row, trial_rows, write_results
+    """Execute ``plan`` (skipping committed stages), then write results and figures.
+
+    Every complete cell gets its row; a cell that needs a stage that failed
+    (or was blocked by one) gets a row with ``status`` failed / blocked and
+    the reason, so a sweep with one broken cell still reports all the others.
+    """
+    from w2s_ray.results import aggregate, cell_row, incomplete_row, trial_rows, write_results
+    from w2s_ray.scheduler import execute
 
     store = ArtifactStore(layout.store_uri)
     t0 = time.perf_counter()
     done = execute(plan, store, resources, layout.ray_storage, progress=progress)
-    rows = [cell_row(store, cell) for cell in plan.cells]
-    trials = [t for cell, row in zip(plan.cells, rows) for t in trial_rows(store, cell, row)]
+    rows = []
+    for cell in plan.cells:
+        status, reason = cell_status(plan, cell, done.failed, done.blocked)
+        rows.append(cell_row(store, cell) if status == "ok" else incomplete_row(cell, status, reason))
+    complete = [(cell, row) for cell, row in zip(plan.cells, rows) if row["status"] == "ok"]
+    trials = [t for cell, row in complete for t in trial_rows(store, cell, row)]
     seconds = time.perf_counter() - t0
-    info = {**run_info, "stages_run": len(done.ran), "stages_loaded": len(done.cached), "wall_seconds": seconds,
+    info = {**run_info, "stages_run": len(done.ran), "stages_loaded": len(done.cached),
+            "stages_failed": len(done.failed), "stages_blocked": len(done.blocked), "wall_seconds": seconds,
             "store": store.uri}
-    paths = write_results(rows, layout.results_dir, info, aggregate(rows), trials)
-    if report and len(rows) > 1:
+    paths = write_results(rows, layout.results_dir, info, aggregate([r for _, r in complete]), trials)
+    if report and len(complete) > 1:
         from w2s_ray.report import write_report
 
         paths.update(write_report(layout.results_dir))
-    return SweepResult(rows, paths, len(done.ran), len(done.cached), seconds)
+    failed = {plan.stages[k].name: cause for k, cause in done.failed.items()}
+    return SweepResult(rows, paths, len(done.ran), len(done.cached), seconds, failed, len(done.blocked))
+
+
+def cell_status(plan: Plan, cell: Any, failed: dict[str, str], blocked: dict[str, str]) -> tuple[str, str | None]:
+    """ok, or failed / blocked with the reason: the failed stage's name and root cause."""
+    from w2s_ray.plan import cell_stage_keys
+
+    keys = cell_stage_keys(cell)
+    for key in keys:
+        if key in failed:
+            return "failed", f"{plan.stages[key].name}: {failed[key]}"
+    for key in keys:
+        if key in blocked:
+            culprit = blocked[key]
+            return "blocked", f"needs {plan.stages[key].name}, blocked by {plan.stages[culprit].name}: " \
+                              f"{failed.get(culprit, '')}"
+    return "ok", None

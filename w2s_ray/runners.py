@@ -1,0 +1,147 @@
+"""What each stage kind runs, and where: the one table from stage kind to its runner.
+
+A runner takes a stage and its :class:`StageContext` and returns the
+committed artifact's meta (with ``seconds``). Where it runs:
+
+* ``trial``: a Ray Tune function trial (trainings: it launches a TorchTrainer);
+* ``thread``: a driver thread (data builds, and Ray Data jobs, which drive
+  their streaming execution from the driver as Ray's batch-inference examples do);
+* ``task``: a Ray task (linear heads; alpha searches, whose own Tune
+  experiment needs a process of its own).
+
+The scheduler (:mod:`w2s_ray.scheduler`) knows nothing else about a kind; a
+benchmark may hand it another table (the simulated cluster sleeps instead).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from w2s_ray.artifacts import ArtifactStore
+from w2s_ray.config import Resources
+from w2s_ray.plan import Plan, Stage
+
+Meta = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a runner needs besides the stage; picklable (it travels to trials and tasks)."""
+
+    store_uri: str
+    resources: Resources
+    storage_path: str
+    threads: int  # torch threads: a function of the plan and the resources profile (see stage_threads)
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.store_uri)
+
+
+@dataclass(frozen=True)
+class Runner:
+    run: Callable[[Stage, StageContext], Meta]
+    where: str  # "trial", "thread" or "task"
+    describe: Callable[[Stage, Meta], str]
+    task_cpus: float = 0.0  # what a "task" runner reserves (a search's trials reserve their own)
+
+
+def run_data(stage: Stage, ctx: StageContext) -> Meta:
+    """Build a data artifact (A / B / test parquet files) from the dataset the stage was planned from."""
+    import time
+
+    from w2s_ray.config import SplitConfig
+    from w2s_ray.data import build_data_artifact, resolve_dataset
+
+    t0 = time.perf_counter()
+    source = stage.params["source"]
+    spec = resolve_dataset(source.partition(":")[2] if source.startswith("file:") else stage.params["dataset"])
+    with ctx.store.building(stage.key) as build:
+        meta = build_data_artifact(spec, SplitConfig(**stage.params["split"]), build.dir)
+        build.meta = meta = {"stage": stage.name, "params": stage.params, **meta,
+                             "seconds": time.perf_counter() - t0}
+    return meta
+
+
+def run_training(stage: Stage, ctx: StageContext) -> Meta:
+    from w2s_ray.train import fit_train_stage
+
+    return fit_train_stage(stage, ctx.store, ctx.resources, ctx.storage_path, ctx.threads)
+
+
+def run_inference(stage: Stage, ctx: StageContext) -> Meta:
+    from w2s_ray.label import run_infer_stage
+
+    return run_infer_stage(stage, ctx.store, actors=1, threads=ctx.threads, use_gpu=ctx.resources.use_gpu)
+
+
+def run_features(stage: Stage, ctx: StageContext) -> Meta:
+    from w2s_ray.probe import run_features_stage
+
+    return run_features_stage(stage, ctx.store, threads=ctx.threads, use_gpu=ctx.resources.use_gpu)
+
+
+def run_head(stage: Stage, ctx: StageContext) -> Meta:
+    """A linear head (``probe``) or its predictions (``probeinfer``) on cached features."""
+    import torch
+
+    from w2s_ray.probe import PROBE_RUNNERS
+
+    torch.set_num_threads(ctx.threads)
+    return PROBE_RUNNERS[stage.kind](stage, ctx.store_uri)
+
+
+def run_search(stage: Stage, ctx: StageContext) -> Meta:
+    from w2s_ray.search import run_search_stage
+
+    return run_search_stage(stage, ctx.store, ctx.resources, ctx.storage_path, progress=lambda _: None)
+
+
+def _rows(stage: Stage, meta: Meta) -> str:
+    rows = meta.get("rows")
+    n = sum(rows.values()) if isinstance(rows, dict) else rows
+    return f"{n} rows" + (" cached" if stage.kind == "features" else "")
+
+
+def _trained(stage: Stage, meta: Meta) -> str:
+    return "trained"
+
+
+def _selected(stage: Stage, meta: Meta) -> str:
+    b = meta["best"]
+    return (f"selected a={b['alpha_max']:g} w={b['warmup_frac']:g} (validation objective {meta['objective']}: "
+            f"{b['objective']:.4f}); {meta['finished']}/{meta['trials']} trials finished")
+
+
+RUNNERS: dict[str, Runner] = {
+    "data": Runner(run_data, "thread", _rows),
+    "train": Runner(run_training, "trial", _trained),
+    "infer": Runner(run_inference, "thread", _rows),
+    "features": Runner(run_features, "thread", _rows),
+    "probe": Runner(run_head, "task", _rows, task_cpus=1),
+    "probeinfer": Runner(run_head, "task", _rows, task_cpus=1),
+    "search": Runner(run_search, "task", _selected),
+}
+
+
+def stage_threads(plan: Plan, resources: Resources, cores: int | None = None) -> dict[str, int]:
+    """Torch threads per stage: a function of the plan and the resources profile only, never of the schedule.
+
+    The thread count changes a model's floating-point sums, so a stage
+    retried or resumed must get the count it had in the undisturbed run.
+    Trainings share the cores with the trainings of their plan layer that can
+    run side by side (:meth:`Plan.layers` keeps a layer's trainings alike);
+    Ray Data jobs use every core; linear heads one.
+    """
+    cores = cores or os.cpu_count() or 1
+    if resources.torch_threads:
+        return {key: resources.torch_threads for key in plan.stages}
+    threads = {key: 1 if s.kind in ("probe", "probeinfer") else cores for key, s in plan.stages.items()}
+    for layer in plan.layers():
+        trainings = [s for s in layer if s.kind == "train"]
+        side_by_side = max(1, min(len(trainings), resources.max_concurrent_trials))
+        for s in trainings:
+            threads[s.key] = max(1, cores // side_by_side)
+    return threads
