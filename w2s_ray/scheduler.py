@@ -355,8 +355,9 @@ class Scheduler:
         c = self.flow.counts()
         left = sum(self.flow.cost.get(k, 0.0) for k, s in self.flow.state.items()
                    if s in (State.WAITING, State.RUNNING))
-        eta = f"~{_minutes(self.now() * left / self.cost_done)} left (cost model)" if self.cost_done > 0 \
-            else "time left: unknown until a stage finishes"
+        total = sum(self.flow.cost.get(k, 0.0) for k, s in self.flow.state.items() if s != State.CACHED)
+        eta = f"~{_minutes(self.now() * left / self.cost_done)} left (cost model)" \
+            if self.cost_done >= 0.05 * total > 0 else "time left: estimated once 5% of the work is done"
         self.progress(f"  {_minutes(self.now())} elapsed: {c[State.DONE] + c[State.CACHED]} done, "
                       f"{c[State.RUNNING]} running, {c[State.WAITING]} waiting, {c[State.FAILED]} failed, "
                       f"{c[State.BLOCKED]} blocked; {eta}")

@@ -1,0 +1,130 @@
+"""The real scheduler on a simulated GPU cluster: utilization against the lower bound, new order vs layer by layer.
+
+The plan is the paper's NLP grid (``sweeps/paper-nlp.yaml``: GPT-2 ladder x 5
+tasks x xent/logconf) with 5 seeds: 600 trainings, 1,395 stages. The
+scheduler, Tune and Ray run for real on a local cluster whose logical GPUs
+stand for the cluster's; only each stage's work is replaced (runners
+injected here, no production flag): it sleeps for its cost estimate
+(``presets.stage_cost``) times one scale, chosen so that total work / GPUs
+is ``--target`` seconds. Each training is a Tune trial (one GPU-slot);
+inference and data stages sleep in driver threads.
+
+Printed: makespan against the lower bound max(critical path, total work /
+slots), as utilization; the driver's own time per stage; the same plan with
+the old layer barriers (every stage waits for the whole previous layer of
+:meth:`Plan.layers`), for comparison.
+
+    .venv/bin/python benchmarks/simulated_cluster.py --gpus 16 --target 240
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from w2s_ray.artifacts import ArtifactStore, stage_key  # noqa: E402
+from w2s_ray.config import Resources  # noqa: E402
+from w2s_ray.plan import Plan, Stage, plan_experiments  # noqa: E402
+from w2s_ray.runners import RUNNERS, Runner, StageContext  # noqa: E402
+from w2s_ray.scheduler import execute, stage_costs  # noqa: E402
+from w2s_ray.spec import load_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def paper_plan(seeds: int) -> Plan:
+    raw = yaml.safe_load((ROOT / "sweeps" / "paper-nlp.yaml").read_text())
+    raw["seeds"] = list(range(seeds))
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(raw, f)
+    return plan_experiments(load_spec(f.name).experiments())
+
+
+def with_layer_barriers(plan: Plan) -> tuple[Plan, dict[str, str]]:
+    """The same stages, each also waiting for a barrier after the whole previous layer (the old executor's order).
+
+    → the barrier plan and each stage's new key (its inputs changed, so did its key)."""
+    out, renamed, barrier = Plan(), {}, None
+    for i, layer in enumerate(plan.layers()):
+        for s in layer:
+            inputs = {k: renamed[v] for k, v in s.inputs.items()} | ({"after": barrier} if barrier else {})
+            renamed[s.key] = out.add(Stage(stage_key(s.kind, s.params, inputs), s.kind, s.name, s.params,
+                                           inputs, s.role)).key
+        params = {"layer": i}
+        inputs = {f"s{j}": renamed[s.key] for j, s in enumerate(layer)}
+        barrier = out.add(Stage(stage_key("barrier", params, inputs), "barrier", f"barrier {i}", params, inputs,
+                                "barrier")).key
+    out.cells = plan.cells
+    return out, renamed
+
+
+def sleeping_runners(seconds: dict[str, float]) -> dict[str, Runner]:
+    """Every kind sleeps its stage's simulated seconds; where it runs (trial, thread) stays the real one."""
+    def sleep(stage: Stage, ctx: StageContext) -> dict:
+        time.sleep(seconds.get(stage.key, 0.0))
+        return {"seconds": seconds.get(stage.key, 0.0), "rows": 0}
+
+    table = {kind: Runner(sleep, "trial" if r.where == "trial" else "thread", r.describe)
+             for kind, r in RUNNERS.items()}
+    table["barrier"] = Runner(sleep, "thread", lambda s, m: "passed")
+    return table
+
+
+def critical_path(plan: Plan, seconds: dict[str, float]) -> float:
+    finish: dict[str, float] = {}
+    for key, s in plan.stages.items():
+        finish[key] = seconds.get(key, 0.0) + max((finish[d] for d in s.deps), default=0.0)
+    return max(finish.values())
+
+
+def simulate(plan: Plan, seconds: dict[str, float], gpus: int, address: str, label: str) -> dict[str, float]:
+    work = sum(v for k, v in seconds.items() if plan.stages[k].kind == "train")
+    bound = max(critical_path(plan, seconds), work / gpus)
+    out = Path(tempfile.mkdtemp(prefix="w2s-sim-"))
+    resources = Resources(address=address, max_concurrent_trials=gpus, trial_cpus=0.1, max_failures=0)
+    t0 = time.perf_counter()
+    report = execute(plan, ArtifactStore(str(out / "store")), resources, str(out / "ray"), progress=lambda _: None)
+    makespan = time.perf_counter() - t0
+    stages = len(report.ran)
+    assert not report.failed, report.failed
+    print(f"{label:28} makespan {makespan:7.1f} s   bound {bound:7.1f} s   utilization {bound / makespan:5.2f}   "
+          f"driver {1000 * report.driver_seconds / max(stages, 1):5.1f} ms/stage ({stages} stages)", flush=True)
+    return {"makespan": makespan, "bound": bound}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--gpus", type=int, default=16, help="simulated GPU slots (trials at once)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--target", type=float, default=240.0, help="seconds of training work per slot")
+    a = p.parse_args()
+    import ray
+
+    plan = paper_plan(a.seeds)
+    costs = stage_costs(plan)
+    train_work = sum(c for k, c in costs.items() if plan.stages[k].kind == "train")
+    scale = a.target * a.gpus / train_work
+    seconds = {k: c * scale for k, c in costs.items()}
+    trainings = sum(s.kind == "train" for s in plan.stages.values())
+    print(f"plan: {len(plan.stages)} stages, {trainings} trainings (paper-nlp grid, {a.seeds} seeds); "
+          f"{a.gpus} simulated GPUs; training sleeps {min(seconds[k] for k in seconds if plan.stages[k].kind == 'train'):.1f}"
+          f"-{max(seconds.values()):.1f} s (cost estimate x {scale:.3g})", flush=True)
+    ray.init(num_cpus=a.gpus, num_gpus=a.gpus, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    address = ray.get_runtime_context().gcs_address
+    new = simulate(plan, seconds, a.gpus, address, "dataflow scheduler")
+    barrier_plan, renamed = with_layer_barriers(plan)
+    old = simulate(barrier_plan, {renamed[k]: v for k, v in seconds.items()}, a.gpus, address,
+                   "old layer-by-layer order")
+    print(f"dataflow / layers makespan: {new['makespan'] / old['makespan']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
