@@ -364,16 +364,16 @@ def test_ensure_ray_inside_a_ray_job_keeps_the_job_runtime_env(monkeypatch, asse
     from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
     from ray.runtime_env.runtime_env import _merge_runtime_env
 
-    from w2s_ray import execute
+    from w2s_ray import runtime
 
     job_runtime_env = {"env_vars": {"W2S_RAY_HOME": os.environ["W2S_RAY_HOME"], "HF_HUB_OFFLINE": "1"}}
     monkeypatch.setenv(RAY_JOB_CONFIG_JSON_ENV_VAR, json.dumps({"runtime_env": job_runtime_env}))
-    for k, v in execute.RAY_ENV.items():  # ensure_ray setdefaults these: restore them afterwards
+    for k, v in runtime.RAY_ENV.items():  # ensure_ray setdefaults these: restore them afterwards
         monkeypatch.setenv(k, os.environ.get(k, v))
     seen: dict = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    execute.ensure_ray(Resources(address="127.0.0.1:6379"))
+    runtime.ensure_ray(Resources(address="127.0.0.1:6379"))
     assert seen["address"] == "127.0.0.1:6379"
     # what ray.init does with a driver runtime_env inside a job (None: it raises "Failed to merge")
     merged = _merge_runtime_env(job_runtime_env, seen.get("runtime_env"))

@@ -28,15 +28,6 @@ def test_layers_are_as_late_as_possible_so_the_ceiling_trains_beside_the_student
     assert where[cell.ceiling_test] == where[cell.student_test] == where[cell.student] + 1
 
 
-def test_layer_threads_count_the_whole_layer_so_a_resumed_stage_computes_alike():
-    from w2s_ray.config import Resources
-    from w2s_ray.execute import layer_threads
-
-    two = Resources(max_concurrent_trials=2)
-    assert layer_threads(2, two) == max(1, (os.cpu_count() or 1) // 2)
-    assert layer_threads(1, two) == (os.cpu_count() or 1)
-    assert layer_threads(5, Resources(max_concurrent_trials=2, torch_threads=3)) == 3
-
 
 def test_layers_respect_dependencies():
     plan = plan_experiment(_cfg())
