@@ -37,7 +37,9 @@ def test_every_stage_runs_once_and_commits(first_run):
         assert [h["epoch"] for h in history] == list(range(1, PIPELINE_EPOCHS + 1))
         files = store.manifest(key).files
         assert "model/head.safetensors" in files and "train_state.pt" not in files
-    assert any(f"epoch {PIPELINE_EPOCHS}/{PIPELINE_EPOCHS}" in line for line in lines)  # per-epoch progress reached the driver
+    for stage in plan.stages.values():  # one progress line per finished stage, counted
+        assert sum(f"] {stage.name}: " in line for line in lines) == 1, stage.name
+    assert any("elapsed:" in line and "waiting" in line for line in lines)  # the count per state
 
 
 def test_student_training_data_carries_no_ground_truth(first_run):

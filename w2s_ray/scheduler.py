@@ -372,20 +372,33 @@ class Scheduler:
             return {"stage": self.trial_queue.popleft()}
         return None if self.flow.waiting("train") else Searcher.FINISHED
 
+    def trial_committed(self, trial: Any, result: dict[str, Any]) -> None:
+        """The trial reported its model committed: the training is done, its slot free for the next one.
+
+        Recorded now, not when the trial's process exits: dependents start
+        sooner, and the next training is staged in time for Tune to hand it
+        this trial's process (``reuse_actors``) instead of starting a new one.
+        """
+        key = trial.config["stage"]
+        if self.flow.state[key] == State.RUNNING:
+            self.finished(key, {"seconds": result.get("seconds", self.now() - self.started[key])})
+            self.last_poll = 0.0
+            self.step()
+
     def trial_ended(self, trial: Any) -> None:
         key = trial.config["stage"]
-        result = trial.last_result or {}
-        if result.get("committed"):
-            self.finished(key, {"seconds": result.get("seconds", self.now() - self.started[key])})
-        else:
+        if self.flow.state[key] == State.RUNNING:  # ended without reporting a commit
             self.failed(key, "the trial ended without committing its model", trial.path)
 
     def trial_failed(self, trial: Any) -> None:
         """Called by Tune once the trial's retries (``max_failures``) are spent."""
         from w2s_ray.runtime import root_cause
 
+        key = trial.config["stage"]
+        if self.flow.state[key] != State.RUNNING:
+            return  # committed before its process failed: the artifact is what counts
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
-        self.failed(trial.config["stage"], root_cause(text or "the trial failed (no error file)"), trial.path)
+        self.failed(key, root_cause(text or "the trial failed (no error file)"), trial.path)
 
     def run_trainings(self) -> None:
         """The experiment of every training: Tune's loop drives :meth:`step` until no training is left."""
@@ -477,6 +490,10 @@ class _TrainingEvents:
             def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
                 if scheduler:
                     scheduler.step()
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                if scheduler and result.get("committed"):
+                    scheduler.trial_committed(trial, result)
 
             def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
                 if scheduler:
