@@ -414,7 +414,11 @@ class Scheduler:
         digest = hashlib.sha256("".join(sorted(trainings)).encode()).hexdigest()[:12]
         tuner = tune.Tuner(
             tune.with_resources(trainable, trial_driver_request(self.resources)),
+            # The pools decide what runs; Tune's limit only sizes its pending queue (1 for a custom
+            # searcher otherwise: trials would start one by one). Twice the slots: a committed trial's
+            # process is still closing when the next one is staged, which lets Tune reuse that process.
             tune_config=tune.TuneConfig(search_alg=_ReadyTrainings(self), num_samples=len(trainings),
+                                        max_concurrent_trials=2 * self.resources.max_concurrent_trials,
                                         reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"trainings-{digest}", storage_path=self.storage_path, verbose=0,
