@@ -353,14 +353,34 @@ class Scheduler:
         """One line of counts per state, elapsed time, and what is left by the cost model's estimate."""
         self.last_status = self.now()
         c = self.flow.counts()
-        left = sum(self.flow.cost.get(k, 0.0) for k, s in self.flow.state.items()
-                   if s in (State.WAITING, State.RUNNING))
-        total = sum(self.flow.cost.get(k, 0.0) for k, s in self.flow.state.items() if s != State.CACHED)
-        eta = f"~{_minutes(self.now() * left / self.cost_done)} left (cost model)" \
-            if self.cost_done >= 0.05 * total > 0 else "time left: estimated once 5% of the work is done"
         self.progress(f"  {_minutes(self.now())} elapsed: {c[State.DONE] + c[State.CACHED]} done, "
                       f"{c[State.RUNNING]} running, {c[State.WAITING]} waiting, {c[State.FAILED]} failed, "
-                      f"{c[State.BLOCKED]} blocked; {eta}")
+                      f"{c[State.BLOCKED]} blocked; {self.time_left()}")
+
+    def time_left(self) -> str:
+        """Elapsed time scaled by the cost still to do over the cost done, once 5% of the work is done.
+
+        A running stage counts as done in proportion to its time so far over what
+        finished stages of its kind took per unit of cost (at most 90%), so the
+        estimate does not grow while long trainings run.
+        """
+        cost, state = self.flow.cost, self.flow.state
+        per_cost: dict[str, float] = {}  # seconds per unit of cost, by kind, from finished stages
+        for kind in {self.plan.stages[k].kind for k in self.report.ran}:
+            keys = [k for k in self.report.ran if self.plan.stages[k].kind == kind]
+            units = sum(cost.get(k, 0.0) for k in keys)
+            if units > 0:
+                per_cost[kind] = sum(self.report.ran[k] for k in keys) / units
+        done = self.cost_done
+        for k, st in state.items():
+            rate = per_cost.get(self.plan.stages[k].kind)
+            if st == State.RUNNING and rate and cost.get(k):
+                done += cost[k] * min(0.9, (self.now() - self.started[k]) / (rate * cost[k]))
+        total = sum(cost.get(k, 0.0) for k, st in state.items() if st not in (State.CACHED, State.FAILED,
+                                                                               State.BLOCKED))
+        if not total or done < 0.05 * total:
+            return "time left: estimated once 5% of the work is done"
+        return f"~{_minutes(self.now() * (total - done) / done)} left (cost model)"
 
     # -- trainings through Tune --------------------------------------------------------------------
     def next_training(self) -> str | dict[str, str] | None:
