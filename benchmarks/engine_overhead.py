@@ -43,7 +43,7 @@ def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict[str, dict[st
         by_role[role] = by_role.get(role, 0.0) + seconds
         if plan.stages[key].kind == "train":
             inside[role] = store.manifest(key, verify=False).meta["timing"]
-    print("\nengine timeline (s from the start; a layer's Ray Data jobs overlap the next layer's launch):")
+    print("\nengine timeline (s from the start; each stage from when the scheduler started it to when it was recorded done):")
     for what, start, end in sorted(report.phases, key=lambda p: p[1]):
         print(f"  {start:7.1f} -> {end:7.1f}  ({end - start:6.1f}s)  {what}")
     return total, by_role, inside, cell_row(store, plan.cells[0])

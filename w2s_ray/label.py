@@ -129,7 +129,7 @@ def prewarm_worker() -> Any:
     of one core that a fresh process spends importing torch and transformers
     leave the labels job's critical path: Ray keeps the idle process and hands
     it the job's tasks (a local cluster keeps idle workers: see
-    ``execute.LOCAL_RAY_ENV``). Returns the task's ref (nothing to wait for).
+    ``runtime.LOCAL_RAY_ENV``). Returns the task's ref (nothing to wait for).
     """
     import ray
 
