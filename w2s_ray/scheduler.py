@@ -557,7 +557,7 @@ def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path
     sched.status()
     try:
         sched.wait()
-        if sched.trial_queue:
+        while sched.trial_queue:  # once in practice: the experiment ends when no training is left
             sched.run_trainings()
             sched.wait()
     finally:
