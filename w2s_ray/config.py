@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-LossName = Literal["xent", "logconf", "product", "kl", "entropy"]
 LOSS_NAMES: tuple[str, ...] = ("xent", "logconf", "product", "kl", "entropy")
 ALPHA_LOSSES: tuple[str, ...] = ("logconf", "entropy")  # losses with a confidence term ramped to alpha_max
 
@@ -155,10 +154,6 @@ class TrainConfig:
                 f"{self.minibatch_size} must divide batch_size {self.batch_size}",
             )
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-
-    @property
-    def accumulation(self) -> int:
-        return self.batch_size // self.minibatch_size
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, LossContext], torch.Tensor]
 
 LOSSES: dict[str, LossFn] = {"xent": xent, "logconf": logconf, "product": product, "kl": kl, "entropy": entropy}
 NEEDS_BATCH_THRESHOLD: frozenset[str] = frozenset({"logconf"})
-USES_ALPHA: frozenset[str] = frozenset({"logconf", "entropy"})
 
 
 def get_loss(name: str) -> LossFn:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +275,3 @@ def format_table(row: dict[str, Any]) -> str:
                      f"{row['pgr_ci_low']:.3f} .. {row['pgr_ci_high']:.3f})")
     lines.append(f"agreement {row['agreement']:>10.4f}   (student vs weak, test set; n_test={row['n_test']})")
     return "\n".join(lines)
-
-
-def config_dict(cell: Cell) -> dict[str, Any]:
-    return asdict(cell.config)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -292,14 +291,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
 
 
-def default_torch_threads(concurrent: int) -> int:
-    """Threads per worker so concurrent workers share the node's real cores."""
-    return max(1, (os.cpu_count() or 1) // max(concurrent, 1))
-
-
 def fit_train_stage(
     stage: Any, store: Any, resources: Any, storage_path: str, torch_threads: int | None = None,
-    callbacks: Sequence[Any] = (), local_mode: bool = False,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Run a ``train`` stage as a TorchTrainer and commit its final checkpoint.
 
@@ -323,9 +317,9 @@ def fit_train_stage(
         train_loop_per_worker,
         train_loop_config=loop.__dict__,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=0 if local_mode else gpu["num_workers"],
+            num_workers=gpu["num_workers"],
             use_gpu=resources.use_gpu,
-            resources_per_worker=None if local_mode else {"CPU": resources.worker_cpus},
+            resources_per_worker={"CPU": resources.worker_cpus},
         ),
         run_config=ray.train.RunConfig(
             name=stage.key,
