@@ -172,7 +172,7 @@ def test_a_cell_with_corrupt_weights_fails_alone_and_the_other_cell_is_reported(
     assert any("FAILED" in ln and "trial log:" in ln for ln in lines)
     rows = pd.read_csv(result.paths["csv"])
     assert list(rows["status"]) == ["failed", "ok"]
-    assert "safetensor" in rows["reason"][0].lower() and rows["pgr"].notna().tolist() == [False, True]
+    assert "safetensor" in rows["reason"][0].lower() and rows["student_acc"].notna().tolist() == [False, True]
     assert result.blocked == 4  # the broken cell's labels, weak predictions, student and its predictions
     assert result.stages_run == 13 - 1 - 4  # every other stage ran, the shared ceiling included
 
