@@ -51,8 +51,8 @@ def descendants(plan: Plan, roots: set[str]) -> set[str]:
 class Recorder:
     """Thread runners that commit nothing, fail where told, and record how many ran at once."""
 
-    def __init__(self, plan: Plan, failing: set[str]) -> None:
-        self.plan, self.failing = plan, failing
+    def __init__(self, failing: set[str]) -> None:
+        self.failing = failing
         self.lock, self.now, self.peak, self.order = threading.Lock(), 0, 0, []
 
     def run(self, stage: Stage, ctx: StageContext) -> dict:
@@ -69,7 +69,7 @@ class Recorder:
 
 
 def run_toy(tmp_path: Path, plan: Plan, failing: set[str]) -> tuple[Scheduler, Recorder]:
-    rec = Recorder(plan, failing)
+    rec = Recorder(failing)
     runners = {"probe": Runner(rec.run, "thread", lambda s, m: "ran")}
     sched = Scheduler(plan, ArtifactStore(str(tmp_path / "store")), Resources(), str(tmp_path / "ray"),
                       lambda _: None, runners)

@@ -371,8 +371,7 @@ def plan_experiments(configs: list[ExperimentConfig], share: bool = True) -> Pla
             private = plan_experiment(cfg)
             keys = {k: plan.add(_isolated(s, i, private)).key for k, s in private.stages.items()}
             cell = private.cells[0]
-            plan.cells.append(Cell(cfg, *(keys[getattr(cell, f)] for f in Cell.__dataclass_fields__
-                                          if f != "config")))
+            plan.cells.append(Cell(cfg, *(keys[k] for k in cell_stage_keys(cell))))
     return plan
 
 

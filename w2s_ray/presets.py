@@ -166,16 +166,10 @@ def stage_cost(stage: Any, split_rows: dict[str, int], model: dict[str, Any] | N
     linear heads cost ~0.
     """
     p = stage.params
-    if stage.kind == "search":
-        per_trial = 6 * model_params_m(p["model"]) * split_rows.get("B", 0)
-        if "train" in p:
-            per_trial *= p["train"]["max_len"] * p["train"]["epochs"] / 1e6
-        else:  # probe heads
-            per_trial = split_rows.get("B", 0) * 1e-6
-        return per_trial * p["search"]["num_samples"]
-    if stage.kind == "train":
+    if stage.kind in ("train", "search") and "train" in p:  # a search: num_samples trainings on B
         tokens = split_rows.get(p["split"], 0) * p["train"]["max_len"] * p["train"]["epochs"]
-        return 6 * model_params_m(p["model"]) * tokens / 1e6
+        trainings = p["search"]["num_samples"] if stage.kind == "search" else 1
+        return 6 * model_params_m(p["model"]) * tokens / 1e6 * trainings
     if stage.kind == "infer":
         return 2 * model_params_m(model or {}) * split_rows.get(p["split"], 0) \
             * p["max_len"] / 1e6

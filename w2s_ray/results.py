@@ -44,20 +44,26 @@ def student_test_key(store: ArtifactStore, cell: Cell) -> str:
     return store.manifest(cell.student, verify=False).meta["best"]["test_key"]
 
 
-def _method_fields(store: ArtifactStore, cell: Cell) -> dict[str, Any]:
-    """How the student's loss knobs were chosen: fixed in the spec, or searched (and on what)."""
+def _planned_method(cell: Cell) -> dict[str, Any]:
+    """How the student's loss knobs are chosen, as the spec says: fixed, or searched (and on what)."""
     cfg = cell.config
     if cfg.search is None:
         return {"method": cfg.method, "selection": None,
                 "chain": " -> ".join((cfg.weak, *cfg.chain, cfg.strong)) if cfg.chain else None,
                 "alpha_max": cfg.loss.alpha_max if cfg.loss.uses_alpha else None,
                 "warmup_frac": cfg.loss.warmup_frac if cfg.loss.uses_alpha else None}
-    best = store.manifest(cell.student, verify=False).meta["best"]
     return {"method": f"search:{cfg.search.objective}",
             "selection": "ORACLE (GT validation labels)" if cfg.search.objective == "oracle" else "weak labels only",
-            "alpha_max": None, "warmup_frac": None,
-            "best_alpha_max": best["alpha_max"], "best_warmup_frac": best["warmup_frac"], "best_lr": best["lr"],
-            "best_val_objective": best["objective"]}
+            "alpha_max": None, "warmup_frac": None}
+
+
+def _method_fields(store: ArtifactStore, cell: Cell) -> dict[str, Any]:
+    """The planned method and, for a search, what it selected."""
+    if cell.config.search is None:
+        return _planned_method(cell)
+    best = store.manifest(cell.student, verify=False).meta["best"]
+    return {**_planned_method(cell), "best_alpha_max": best["alpha_max"], "best_warmup_frac": best["warmup_frac"],
+            "best_lr": best["lr"], "best_val_objective": best["objective"]}
 
 
 def agreement_by_weak_correctness(y: np.ndarray, p_weak: np.ndarray, p_student: np.ndarray) -> dict[str, Any]:
@@ -83,12 +89,7 @@ def _cell_fields(cell: Cell) -> dict[str, Any]:
 
 def incomplete_row(cell: Cell, status: str, reason: str | None) -> dict[str, Any]:
     """The row of a cell that could not be measured: what it is, ``status`` (failed / blocked) and why."""
-    cfg = cell.config
-    method = f"search:{cfg.search.objective}" if cfg.search is not None else cfg.method
-    return {**_cell_fields(cell), "status": status, "reason": reason, "method": method,
-            "alpha_max": cfg.loss.alpha_max if cfg.search is None and cfg.loss.uses_alpha else None,
-            "warmup_frac": cfg.loss.warmup_frac if cfg.search is None and cfg.loss.uses_alpha else None,
-            "chain": " -> ".join((cfg.weak, *cfg.chain, cfg.strong)) if cfg.chain else None}
+    return {**_cell_fields(cell), "status": status, "reason": reason, **_planned_method(cell)}
 
 
 def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, Any]:

@@ -25,6 +25,7 @@ bookkeeping, unit-tested without Ray.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -40,6 +41,7 @@ from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
 from w2s_ray.plan import Plan, Stage
 from w2s_ray.runners import RUNNERS, Runner, StageContext, stage_threads
+from w2s_ray.runtime import root_cause
 
 Progress = Callable[[str], None]
 
@@ -216,9 +218,8 @@ def stage_costs(plan: Plan) -> dict[str, float]:
 
     out = {}
     for key, s in plan.stages.items():
-        model = plan.stages[s.inputs["model"]].params.get("model") if "model" in s.inputs and \
-            s.inputs["model"] in plan.stages else None
-        out[key] = stage_cost(s, split_rows(plan, s), model)
+        trained = plan.stages.get(s.inputs.get("model", ""))  # the model an inference stage runs
+        out[key] = stage_cost(s, split_rows(plan, s), trained.params.get("model") if trained else None)
     return out
 
 
@@ -243,6 +244,14 @@ def in_thread(fn: Callable[..., Any], *args: Any) -> Future:
 
 def _task(run: Callable[[Stage, StageContext], Any], stage: Stage, ctx: StageContext) -> Any:
     return run(stage, ctx)
+
+
+@functools.lru_cache(maxsize=None)
+def _remote_task(cpus: float) -> Any:
+    """:func:`_task` as a Ray remote function reserving ``cpus``: made once per size, not per stage."""
+    import ray
+
+    return ray.remote(num_cpus=cpus)(_task)
 
 
 class Scheduler:
@@ -287,8 +296,6 @@ class Scheduler:
                 if error is None:
                     self.finished(key, future.result())
                 else:
-                    from w2s_ray.runtime import root_cause
-
                     self.failed(key, root_cause(error))
         self._launch()
         if self.now() - self.last_status >= STATUS_EVERY_S:
@@ -309,10 +316,7 @@ class Scheduler:
             elif runner.where == "thread":
                 self.futures[stage.key] = in_thread(runner.run, stage, ctx)
             else:
-                import ray
-
-                ref = ray.remote(num_cpus=runner.task_cpus)(_task).options(name=f"w2s-{stage.kind}").remote(
-                    runner.run, stage, ctx)
+                ref = _remote_task(runner.task_cpus).options(name=f"w2s-{stage.kind}").remote(runner.run, stage, ctx)
                 self.refs.append(ref)
                 self.futures[stage.key] = ref.future()
 
@@ -412,8 +416,6 @@ class Scheduler:
 
     def trial_failed(self, trial: Any) -> None:
         """Called by Tune once the trial's retries (``max_failures``) are spent."""
-        from w2s_ray.runtime import root_cause
-
         key = trial.config["stage"]
         if self.flow.state[key] != State.RUNNING:
             return  # committed before its process failed: the artifact is what counts
