@@ -87,9 +87,10 @@ def test_a_probe_grid_on_ray_caches_features_once_and_keeps_gt_out_of_the_labels
     assert set(report.ran) == set(first.stages)
     cell = first.cells[0]
     labels = pq.read_table(store.path(cell.weak_labels, "data")).to_pandas()
-    assert set(labels.columns) == {"id", "p1"}
+    assert set(labels.columns) == {"id", "p1", "text"}  # no GT column: the text a fine-tuned student reads
     b = pq.read_table(store.path(cell.data, "B.parquet")).to_pandas()
     assert sorted(labels["id"]) == sorted(b["id"])
+    assert labels.set_index("id")["text"].to_dict() == b.set_index("id")["text"].to_dict()
     rows = [cell_row(store, c, n_boot=50) for c in first.cells]
     assert all(0.0 <= r["student_acc"] <= 1.0 and r["n_test"] == 64 for r in rows)
 

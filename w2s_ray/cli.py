@@ -216,9 +216,10 @@ def _load_sweep(command: str, path: str):  # noqa: ANN202
 
     try:
         spec = load_spec(path)
-        for ds in spec.datasets:
-            _check_split_fits(ds, spec.split.n_weak + spec.split.n_strong + spec.split.n_test,
-                              "split.n_weak + split.n_strong + split.n_test")
+        for part in spec.part_specs():
+            for ds in part.datasets:
+                _check_split_fits(ds, part.split.n_weak + part.split.n_strong + part.split.n_test,
+                                  "split.n_weak + split.n_strong + split.n_test")
         return spec, plan_experiments(spec.experiments())
     except ConfigError as e:
         return _fail(command, f"{path}: {e.path}: {e.message}")

@@ -102,6 +102,43 @@ FINETUNE_MODES: tuple[str, ...] = ("full", "probe")
 
 
 @dataclass(frozen=True)
+class Finetune:
+    """How each role's model learns: ``full`` (every weight) or ``probe`` (a head on cached frozen features).
+
+    ``Finetune("full", "probe")`` is the paper's vision protocol on text: a
+    fully trained weak model's soft labels supervise linear probes on a big
+    model's frozen features. The strong role covers the ceiling and the student.
+    """
+
+    weak: str = "full"
+    strong: str = "full"
+
+    def __post_init__(self) -> None:
+        for role in ("weak", "strong"):
+            if getattr(self, role) not in FINETUNE_MODES:
+                raise ConfigError(f"finetune.{role}", f"{getattr(self, role)!r} is not allowed; allowed: "
+                                                      f"{', '.join(FINETUNE_MODES)}")
+
+    @classmethod
+    def of(cls, value: "str | Finetune") -> "Finetune":
+        """``full`` / ``probe`` for both roles, or a per-role value as is."""
+        if isinstance(value, Finetune):
+            return value
+        if value not in FINETUNE_MODES:
+            raise ConfigError("finetune", f"{value!r} is not allowed; allowed: {', '.join(FINETUNE_MODES)}")
+        return cls(value, value)
+
+    @property
+    def label(self) -> str:
+        """full, probe, or weak=full/strong=probe (for tables)."""
+        return self.weak if self.weak == self.strong else f"weak={self.weak}/strong={self.strong}"
+
+    @property
+    def any_probe(self) -> bool:
+        return "probe" in (self.weak, self.strong)
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     """Sizes of the three disjoint splits and the seed that draws A and B.
 
@@ -256,14 +293,13 @@ class ExperimentConfig:
     search: SearchConfig | None = None  # set: the student's logconf knobs are searched, not fixed
     chain: tuple[str, ...] = ()  # bootstrapping: models between weak and strong, each taught by the one before
     bootstrap_slices: int = 0  # disjoint slices of half B for the chain's steps; 0: one per step
-    finetune: str = "full"  # full: fine-tune every weight; probe: a head on cached frozen features
-    test_curves: bool = False  # log the student's GT test accuracy after each epoch (analysis only; probe: always)
+    finetune: Finetune = field(default_factory=Finetune)  # a mode name is taken for both roles
+    test_curves: bool = False  # log the student's GT test accuracy during training (analysis only; probe: always)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
-        if self.finetune not in FINETUNE_MODES:
-            raise ConfigError("finetune", f"{self.finetune!r} is not allowed; allowed: {', '.join(FINETUNE_MODES)}")
-        if self.finetune == "probe" and self.chain:
+        object.__setattr__(self, "finetune", Finetune.of(self.finetune))
+        if self.finetune.any_probe and self.chain:
             raise ConfigError("finetune", "bootstrapping chains need finetune: full (probe mode runs direct "
                                           "students and alpha searches)")
         if self.chain and self.search is not None:

@@ -11,7 +11,8 @@ Stage kinds:
   ``infer`` : a trained model's P(class 1) on a split (Ray Data batch inference);
               on B these are the weak labels, on test the predictions
 
-Probe mode (``finetune: probe``) swaps the last two for:
+A role whose finetune mode is ``probe`` (``finetune: probe``, or per role:
+``finetune: {weak: full, strong: probe}``) swaps the last two for:
   ``features``    : a frozen pretrained backbone's pooled features for every row
                     of every split (Ray Data batch inference), once per model and data
   ``probe``       : a linear head trained on cached features (a Ray task)
@@ -262,74 +263,83 @@ def probe_stage(role: str, model: ModelSpec, probe: ProbeConfig, seed: int, loss
 
 
 def probe_infer_stage(role: str, head: Stage, features: Stage, split: str) -> Stage:
+    """A head's P(class 1) on ``split``; labels (B, val) keep each row's text, as a fine-tuned student reads it."""
     what, stage_role = INFER_ROLES.get(split, (f"predict {split}", f"{role} predictions"))
-    return _stage("probeinfer", f"{what} of {role} probe {head.params['model']['name']}", {"split": split},
+    params = {"split": split} | ({"text": True} if split in INFER_ROLES else {})
+    return _stage("probeinfer", f"{what} of {role} probe {head.params['model']['name']}", params,
                   {"model": head.key, "features": features.key}, stage_role)
 
 
-def plan_probe_experiment(cfg: ExperimentConfig, plan: Plan) -> Plan:
-    """Probe mode: the same cell (weak → labels → student; ceiling) with heads on cached features."""
-    ds = resolve_dataset(cfg.dataset)
-    weak_model, strong_model = resolve_model(cfg.weak, "weak"), resolve_model(cfg.strong, "strong")
-    seed = cfg.split.seed
-    data = plan.add(data_stage(ds, cfg.split))
-    feats = {}
-    for m in (weak_model, strong_model):
-        max_len = train_config(m, ds, cfg.overrides_for(m.name), seed).max_len
-        feats[m.name] = plan.add(features_stage(m, max_len, data))
-    weak = plan.add(probe_stage("weak", weak_model, cfg.probe, seed, GT_LOSS, feats[weak_model.name], data, "A"))
-    labels = plan.add(probe_infer_stage("weak", weak, feats[weak_model.name], "B"))
-    strong_feats = feats[strong_model.name]
-    ceiling = plan.add(probe_stage("ceiling", strong_model, cfg.probe, seed, GT_LOSS, strong_feats, data, "B"))
-    if cfg.search is not None:
-        if not cfg.split.n_val:
-            raise ConfigError("split.n_val", "an alpha search needs a validation split (n_val > 0)")
-        val_labels = plan.add(probe_infer_stage("weak", weak, feats[weak_model.name], "val"))
-        student = plan.add(probe_search_stage(strong_model, cfg.probe, seed, cfg.search, strong_feats, data, labels,
-                                              val_labels, weak_model.name))
-    else:
-        student = plan.add(probe_stage("student", strong_model, cfg.probe, seed, cfg.loss, strong_feats, data, "B",
-                                       labels, weak_model.name))
-    tests = [plan.add(probe_infer_stage(role, s, f, "test")).key
-             for role, s, f in (("weak", weak, feats[weak_model.name]), ("ceiling", ceiling, strong_feats))]
-    # a search's selected head is only known once it ran: its test predictions are part of its artifact
-    student_test = student.key if cfg.search is not None else plan.add(
-        probe_infer_stage("student", student, strong_feats, "test")).key
-    plan.cells.append(Cell(cfg, data.key, weak.key, labels.key, tests[0], ceiling.key, tests[1], student.key,
-                           student_test))
-    return plan
+@dataclass
+class RoleStages:
+    """How one role's model is fitted and asked for predictions, by its finetune mode.
+
+    ``full``: Ray Train fine-tuning and Ray Data inference. ``probe``: a head on
+    the model's cached frozen features (one ``features`` stage per model and
+    data artifact, shared by every probe of it). The stages, and so their
+    keys, are the same whichever role the other model plays in.
+    """
+
+    plan: Plan
+    cfg: ExperimentConfig
+    ds: DatasetSpec
+    data: Stage
+    model: ModelSpec
+    mode: str
+
+    @property
+    def train(self) -> TrainConfig:
+        return train_config(self.model, self.ds, self.cfg.overrides_for(self.model.name), self.cfg.split.seed)
+
+    @property
+    def features(self) -> Stage:
+        return self.plan.add(features_stage(self.model, self.train.max_len, self.data))
+
+    def fit(self, role: str, loss: LossConfig, split: str, labels: Stage | None = None, teacher: str = "",
+            test_curves: bool = False) -> Stage:
+        """Train on ``split``: GT if ``labels`` is None, else those weak labels."""
+        if self.mode == "probe":  # a probe logs its GT test curve always (cheap, analysis only)
+            return self.plan.add(probe_stage(role, self.model, self.cfg.probe, self.cfg.split.seed, loss,
+                                             self.features, self.data, split, labels, teacher))
+        return self.plan.add(train_stage(role, self.model, self.train, loss, self.data, split, labels, teacher,
+                                         test_curves))
+
+    def predict(self, role: str, fitted: Stage, split: str) -> Stage:
+        if self.mode == "probe":
+            return self.plan.add(probe_infer_stage(role, fitted, self.features, split))
+        return self.plan.add(infer_stage(role, fitted, self.data, split))
+
+    def search(self, search: SearchConfig, labels: Stage, val_labels: Stage, teacher: str) -> Stage:
+        if self.mode == "probe":
+            return self.plan.add(probe_search_stage(self.model, self.cfg.probe, self.cfg.split.seed, search,
+                                                    self.features, self.data, labels, val_labels, teacher))
+        return self.plan.add(search_stage(self.model, self.train, search, self.data, labels, val_labels, teacher))
 
 
 def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     """Add one cell's stages (weak → labels → student; ceiling) to ``plan``."""
     plan = plan if plan is not None else Plan()
-    if cfg.finetune == "probe":
-        return plan_probe_experiment(cfg, plan)
     ds = resolve_dataset(cfg.dataset)
     weak_model = resolve_model(cfg.weak, "weak")
     strong_model = resolve_model(cfg.strong, "strong")
-    seed = cfg.split.seed
     data = plan.add(data_stage(ds, cfg.split))
-    strong_train = train_config(strong_model, ds, cfg.overrides_for(cfg.strong), seed)
-    weak_train = train_config(weak_model, ds, cfg.overrides_for(cfg.weak), seed)
-    weak = plan.add(train_stage("weak", weak_model, weak_train, GT_LOSS, data, "A"))
-    labels = None if cfg.chain else plan.add(infer_stage("weak", weak, data, "B"))
-    ceiling = plan.add(train_stage("ceiling", strong_model, strong_train, GT_LOSS, data, "B"))
+    weak_side = RoleStages(plan, cfg, ds, data, weak_model, cfg.finetune.weak)
+    strong_side = RoleStages(plan, cfg, ds, data, strong_model, cfg.finetune.strong)
+    weak = weak_side.fit("weak", GT_LOSS, "A")
+    labels = None if cfg.chain else weak_side.predict("weak", weak, "B")
+    ceiling = strong_side.fit("ceiling", GT_LOSS, "B")
     if cfg.search is not None:
         if not cfg.split.n_val:
             raise ConfigError("split.n_val", "an alpha search needs a validation split (n_val > 0)")
-        val_labels = plan.add(infer_stage("weak", weak, data, "val"))
-        student = plan.add(search_stage(strong_model, strong_train, cfg.search, data, labels, val_labels,
-                                        weak_model.name))
+        val_labels = weak_side.predict("weak", weak, "val")
+        student = strong_side.search(cfg.search, labels, val_labels, weak_model.name)
     elif cfg.chain:
-        labels, student = _plan_chain(plan, cfg, ds, weak, weak_model, strong_model, strong_train, data)
+        labels, student = _plan_chain(plan, cfg, ds, weak, weak_model, strong_model, strong_side.train, data)
     else:
-        student = plan.add(train_stage("student", strong_model, strong_train, cfg.loss, data, "B", labels,
-                                       weak_model.name, cfg.test_curves))
-    tests = [plan.add(infer_stage(role, s, data, "test")) for role, s in (("weak", weak), ("ceiling", ceiling))]
+        student = strong_side.fit("student", cfg.loss, "B", labels, weak_model.name, cfg.test_curves)
+    tests = [weak_side.predict("weak", weak, "test"), strong_side.predict("ceiling", ceiling, "test")]
     # a search's selected student is only known once it ran: its test predictions are part of its artifact
-    student_test = student.key if cfg.search is not None else plan.add(infer_stage("student", student, data,
-                                                                                   "test")).key
+    student_test = student.key if cfg.search is not None else strong_side.predict("student", student, "test").key
     plan.cells.append(Cell(cfg, data.key, weak.key, labels.key, tests[0].key, ceiling.key, tests[1].key,
                            student.key, student_test))
     return plan
@@ -414,11 +424,13 @@ def describe_plan(spec: Any, plan: Plan) -> str:
     searches = [s for s in plan.stages.values() if s.kind == "search"]
     budget = sum(s.params["search"]["num_samples"] for s in searches)
     variants = len(spec.loss_configs()) + (len(spec.search.objectives) if spec.search else 0)
+    grid = (f"{len(spec.datasets)} dataset(s) x {len(spec.seeds)} seed(s) x {len(spec.pair_list())} pair(s) x "
+            f"{variants} loss variant(s)" + (f" + {len(spec.chain_list())} bootstrap chain(s) x "
+                                             f"{len(spec.loss_configs())} loss(es)" if spec.chain_list() else ""))
+    if spec.parts:
+        grid = f"the union of {len(spec.parts)} part(s)"
     lines = [
-        f"sweep {spec.name}: {len(spec.datasets)} dataset(s) x {len(spec.seeds)} seed(s) x "
-        f"{len(spec.pair_list())} pair(s) x {variants} loss variant(s)"
-        + (f" + {len(spec.chain_list())} bootstrap chain(s) x {len(spec.loss_configs())} loss(es)"
-           if spec.chain_list() else "") + f" = {len(plan.cells)} cells",
+        f"sweep {spec.name}: {grid} = {len(plan.cells)} cells",
         "unique stages: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
         f"trainings: {trainings}" + (f" + up to {budget} search trial(s) in {len(searches)} search(es)"
                                      if searches else "")

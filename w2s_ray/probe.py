@@ -271,11 +271,15 @@ def run_probe_infer_stage(stage: Any, store_uri: str) -> dict[str, Any]:
         return store.manifest(stage.key, verify=False).meta
     t0 = time.perf_counter()
     weights = load_file(str(store.local_dir(stage.inputs["model"]) / HEAD_FILE))
-    ids, feats = read_features(store, stage.inputs["features"], stage.params["split"])
+    split = stage.params["split"]
+    ids, feats = read_features(store, stage.inputs["features"], split)
+    columns = {"id": ids, "p1": predict_head(weights, feats).astype(np.float32)}
+    if stage.params.get("text"):  # labels a fine-tuned student trains on: it reads each row's text
+        data_key = store.manifest(stage.inputs["model"], verify=False).meta["inputs"]["data"]
+        columns["text"] = _table_by_id(store, data_key, f"{split}.parquet", "text").loc[ids].to_numpy()
     with store.building(stage.key) as build:
         (build.dir / "data").mkdir(parents=True)
-        pq.write_table(pa.table({"id": ids, "p1": predict_head(weights, feats).astype(np.float32)}),
-                       build.dir / "data" / "part-0.parquet")
+        pq.write_table(pa.table(columns), build.dir / "data" / "part-0.parquet")
         build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
                              "seconds": time.perf_counter() - t0}
     return meta

@@ -26,6 +26,7 @@ from w2s_ray.config import (
     LOSS_NAMES,
     ConfigError,
     ExperimentConfig,
+    Finetune,
     LossConfig,
     ProbeConfig,
     Resources,
@@ -132,6 +133,17 @@ class ResourcesSpec(Resources):
 
 
 @dataclass(frozen=True)
+class FinetuneSpec:
+    """Per-role finetune modes: ``{weak: full, strong: probe}`` is the paper's vision protocol on text."""
+
+    weak: Literal["full", "probe"] = "full"
+    strong: Literal["full", "probe"] = "full"
+
+
+PART_FIXED = ("name", "resources", "parts")  # sweep-wide: a part cannot change them
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     datasets: list[str]
@@ -148,10 +160,38 @@ class SweepSpec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     search: SearchSpec | None = None
     bootstrap: BootstrapSpec | None = None
-    finetune: Literal["full", "probe"] = "full"  # probe: linear heads on cached frozen features
+    finetune: Union[Literal["full", "probe"], FinetuneSpec] = "full"  # probe: heads on cached frozen features
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     test_curves: bool = False  # students log GT test accuracy per epoch (analysis only, never selected on)
     description: str = ""
+    # grids whose union is the sweep: each part is a mapping of spec fields (all but name, resources and
+    # parts) that replace the top level's for that grid; cells that two parts share run once
+    parts: list[dict[str, Any]] = field(default_factory=list)
+
+    def part_specs(self) -> list["SweepSpec"]:
+        """The grids of the sweep: the spec itself, or one spec per part."""
+        if not self.parts:
+            return [self]
+        hints = typing.get_type_hints(SweepSpec)
+        out = []
+        for i, part in enumerate(self.parts):
+            path = f"parts[{i}]"
+            if not isinstance(part, dict):
+                raise ConfigError(path, f"expected a mapping of spec fields, got {_kind(part)}")
+            for name in part:
+                if name not in hints or name in PART_FIXED:
+                    allowed = [f for f in hints if f not in PART_FIXED]
+                    raise ConfigError(_join(path, str(name)), f"not a field a part can set; allowed: "
+                                                              f"{', '.join(allowed)}")
+            changes = {k: _coerce(hints[k], v, _join(path, k)) for k, v in part.items()}
+            out.append(dataclasses.replace(self, parts=[], **changes))
+        return out
+
+    @property
+    def finetune_config(self) -> Finetune:
+        if isinstance(self.finetune, FinetuneSpec):
+            return Finetune(self.finetune.weak, self.finetune.strong)
+        return Finetune.of(self.finetune)
 
     def pair_list(self) -> list[tuple[str, str]]:
         """The (weak, strong) pairs, in ladder order."""
@@ -173,14 +213,16 @@ class SweepSpec:
         return out
 
     def experiments(self) -> list[ExperimentConfig]:
-        """Every cell of the grid: dataset × seed × pair × loss variant."""
+        """Every cell of the grid: dataset × seed × pair × loss variant (the union over parts)."""
+        if self.parts:
+            return list(dict.fromkeys(c for part in self.part_specs() for c in part.experiments()))
         model_train = tuple(sorted((m, t.overrides()) for m, t in self.model_train.items()))
         variants: list[tuple[LossConfig, SearchConfig | None]] = [(loss, None) for loss in self.loss_configs()]
         if self.search is not None:
             variants += [(LossConfig("logconf"), search) for search in self.search.configs()]
         chains = self.chain_list()
         slices = self.bootstrap.slice_count(chains) if self.bootstrap is not None else 0
-        common = dict(train=self.train.overrides(), model_train=model_train, finetune=self.finetune,
+        common = dict(train=self.train.overrides(), model_train=model_train, finetune=self.finetune_config,
                       probe=self.probe, test_curves=self.test_curves)
         direct = [
             ExperimentConfig(dataset=ds, weak=weak, strong=strong, loss=loss, split=self._split(seed),
@@ -335,11 +377,16 @@ def _check_semantics(spec: SweepSpec) -> None:
         _check_search(spec)
     if spec.bootstrap is not None:
         _check_bootstrap(spec)
-    if spec.finetune == "probe" and spec.bootstrap is not None:
+    if spec.finetune_config.any_probe and spec.bootstrap is not None:
         raise ConfigError("finetune", "bootstrapping chains need finetune: full (probe mode runs direct "
                                       "students and alpha searches)")
     if spec.resources.profile == "cluster" and not spec.resources.storage:
         raise ConfigError("resources.storage", "a cluster profile needs shared storage (NFS path, s3:// or gs://)")
+    for i, part in enumerate(spec.part_specs() if spec.parts else []):
+        try:
+            _check_semantics(part)
+        except ConfigError as e:
+            raise ConfigError(f"parts[{i}].{e.path}", e.message) from None
 
 
 def _check_search(spec: SweepSpec) -> None:
