@@ -294,7 +294,7 @@ class ExperimentConfig:
     chain: tuple[str, ...] = ()  # bootstrapping: models between weak and strong, each taught by the one before
     bootstrap_slices: int = 0  # disjoint slices of half B for the chain's steps; 0: one per step
     finetune: Finetune = field(default_factory=Finetune)  # a mode name is taken for both roles
-    test_curves: bool = False  # log the student's GT test accuracy during training (analysis only; probe: always)
+    test_curves: int = 0  # GT test accuracy points per epoch of the student (analysis only; probe: every epoch)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:

@@ -80,12 +80,13 @@ def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: in
 
 def train_stage(
     role: str, model: ModelSpec, train: TrainConfig, loss: LossConfig, data: Stage, split: str,
-    labels: Stage | None = None, teacher: str = "", test_curves: bool = False,
+    labels: Stage | None = None, teacher: str = "", test_curves: int = 0,
 ) -> Stage:
     """Fine-tune on ``split``: GT labels if ``labels`` is None, else those weak labels.
 
-    ``test_curves``: also log GT test accuracy after each epoch (analysis only;
-    nothing selects on it). Only set when asked, so other keys never change.
+    ``test_curves``: also log GT test accuracy that many times per epoch
+    (analysis only; nothing selects on it). Only set when asked, so other
+    keys never change.
     """
     params = {
         "model": model.effective(),
@@ -96,6 +97,8 @@ def train_stage(
     }
     if test_curves:
         params["monitor"] = "gt_test"
+        if test_curves > 1:
+            params["monitor_points"] = int(test_curves)
     inputs = {"data": data.key} | ({"labels": labels.key} if labels is not None else {})
     source = "GT" if labels is None else f"labels of {teacher or 'weak'}"
     part = labels.params.get("slice") if labels is not None else None
@@ -296,7 +299,7 @@ class RoleStages:
         return self.plan.add(features_stage(self.model, self.train.max_len, self.data))
 
     def fit(self, role: str, loss: LossConfig, split: str, labels: Stage | None = None, teacher: str = "",
-            test_curves: bool = False) -> Stage:
+            test_curves: int = 0) -> Stage:
         """Train on ``split``: GT if ``labels`` is None, else those weak labels."""
         if self.mode == "probe":  # a probe logs its GT test curve always (cheap, analysis only)
             return self.plan.add(probe_stage(role, self.model, self.cfg.probe, self.cfg.split.seed, loss,
@@ -362,7 +365,7 @@ def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage,
         last = j == len(models) - 1
         train = strong_train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)
         teacher = plan.add(train_stage("student" if last else "bootstrap", model, train, cfg.loss, data, "B",
-                                       labels, teacher_model.name, cfg.test_curves and last))
+                                       labels, teacher_model.name, cfg.test_curves if last else 0))
         teacher_model = model
     return first, teacher
 
@@ -456,5 +459,6 @@ def describe_plan(spec: Any, plan: Plan) -> str:
         via = "".join(f" -> {m}" for m in cfg.chain)
         loss = f"logconf, alpha searched ({cfg.search.objective} objective)" if cfg.search else cfg.loss.label
         lines.append(f"  {i:3}. {cfg.dataset} seed {cfg.split.seed}: {cfg.weak}{via} -> {cfg.strong}, {loss}"
-                     + (" (bootstrap)" if cfg.chain else ""))
+                     + (" (bootstrap)" if cfg.chain else "")
+                     + (f" [finetune {cfg.finetune.label}]" if cfg.finetune.any_probe else ""))
     return "\n".join(lines)

@@ -84,7 +84,8 @@ def agreement_by_weak_correctness(y: np.ndarray, p_weak: np.ndarray, p_student: 
 def _cell_fields(cell: Cell) -> dict[str, Any]:
     cfg = cell.config
     return {"dataset": cfg.dataset, "weak": cfg.weak, "strong": cfg.strong,
-            "loss": "logconf" if cfg.search is not None else cfg.loss.name, "seed": cfg.split.seed}
+            "loss": "logconf" if cfg.search is not None else cfg.loss.name, "seed": cfg.split.seed,
+            "finetune": cfg.finetune.label}
 
 
 def incomplete_row(cell: Cell, status: str, reason: str | None) -> dict[str, Any]:
@@ -119,13 +120,45 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
         m = store.manifest(key, verify=False)
         row[f"{role}_seconds"] = m.meta.get("seconds") if m else None
     row["data_key"] = cell.data
-    history = store.manifest(cell.student, verify=False).meta.get("history") or []
-    curve = [h["gt_test_acc"] for h in history if "gt_test_acc" in h]  # analysis only (probe mode logs it)
-    row["student_gt_test_acc_by_epoch"] = curve or None
+    row.update(curve_fields(store.manifest(cell.student, verify=False).meta.get("history") or [], row))
     return row
 
 
-GROUP = ["dataset", "weak", "strong", "loss", "method", "alpha_max", "warmup_frac"]  # + chain, when present
+def test_curve(history: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(epoch, GT test accuracy) points a student logged while it trained, in order; epochs may be fractional.
+
+    A probe logs one point per epoch, a fine-tuned student with
+    ``test_curves: N`` N per epoch (``gt_test_curve``); both are analysis only.
+    """
+    if not history or "gt_test_acc" not in history[0]:
+        return []
+    per_epoch = history[0]["step"] or 1  # optimizer steps in one epoch
+    points: list[tuple[float, float]] = []
+    for h in history:
+        for p in h.get("gt_test_curve") or [{"step": h["step"], "gt_test_acc": h["gt_test_acc"]}]:
+            points.append((p["step"] / per_epoch, p["gt_test_acc"]))
+    return points
+
+
+def curve_fields(history: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, Any]:
+    """The student's test curve and the PGR at its best point (``pgr_best``).
+
+    ``pgr_best`` is an ORACLE: the best point is picked with GT test labels,
+    so it bounds what early stopping could reach and is never a result to
+    select on (paper §5.1.1). Nothing in training or selection reads it.
+    """
+    points = test_curve(history)
+    if not points:
+        return {"student_gt_test_acc_by_epoch": None, "curve_epochs": None, "curve_acc": None,
+                "student_best_acc": None, "best_epoch": None, "pgr_best": None}
+    epochs, accs = [e for e, _ in points], [a for _, a in points]
+    best = int(np.argmax(accs))  # the first of equal maxima
+    return {"student_gt_test_acc_by_epoch": [h["gt_test_acc"] for h in history if "gt_test_acc" in h],
+            "curve_epochs": epochs, "curve_acc": accs, "student_best_acc": accs[best], "best_epoch": epochs[best],
+            "pgr_best": metrics.pgr(row["weak_acc"], accs[best], row["ceiling_acc"]).value}
+
+
+GROUP = ["dataset", "weak", "strong", "finetune", "loss", "method", "alpha_max", "warmup_frac"]  # + chain
 
 
 def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -136,6 +169,7 @@ def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> 
     """
     frame = pd.DataFrame(rows)
     out = []
+    frame["finetune"] = frame["finetune"] if "finetune" in frame else "full"  # older tables lack the column
     group = GROUP + (["chain"] if "chain" in frame else [])  # two chains between one pair stay apart
     for key, g in frame.groupby(group, dropna=False, sort=False):
         row = dict(zip(group, key))

@@ -162,7 +162,8 @@ class SweepSpec:
     bootstrap: BootstrapSpec | None = None
     finetune: Union[Literal["full", "probe"], FinetuneSpec] = "full"  # probe: heads on cached frozen features
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    test_curves: bool = False  # students log GT test accuracy per epoch (analysis only, never selected on)
+    # students log GT test accuracy (analysis only, never selected on): true = once per epoch, N = N per epoch
+    test_curves: Union[bool, int] = False
     description: str = ""
     # grids whose union is the sweep: each part is a mapping of spec fields (all but name, resources and
     # parts) that replace the top level's for that grid; cells that two parts share run once
@@ -223,7 +224,7 @@ class SweepSpec:
         chains = self.chain_list()
         slices = self.bootstrap.slice_count(chains) if self.bootstrap is not None else 0
         common = dict(train=self.train.overrides(), model_train=model_train, finetune=self.finetune_config,
-                      probe=self.probe, test_curves=self.test_curves)
+                      probe=self.probe, test_curves=int(self.test_curves))
         direct = [
             ExperimentConfig(dataset=ds, weak=weak, strong=strong, loss=loss, split=self._split(seed),
                              search=search, **common)
@@ -360,6 +361,8 @@ def _check_semantics(spec: SweepSpec) -> None:
         for i, v in enumerate(getattr(spec, name)):
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name}[{i}]", f"{v!r} is outside [0, 1]")
+    if spec.test_curves < 0:
+        raise ConfigError("test_curves", f"{spec.test_curves} must be true/false or a number of points per epoch")
     for i, s in enumerate(spec.seeds):
         if s < 0:
             raise ConfigError(f"seeds[{i}]", f"{s} must be a non-negative integer")

@@ -58,7 +58,7 @@ class LoopConfig:
     select: dict[str, Any] | None = None  # {"objective": weak|oracle, "column": p1|label}: per-epoch validation
     parallel: str = "ddp"  # ddp, or fsdp for models that do not fit one GPU (see presets.trial_resources)
     gradient_checkpointing: bool = False
-    monitor: bool = False  # log GT test accuracy per epoch (analysis only: never reported as the objective)
+    monitor: int = 0  # GT test accuracy points per epoch (analysis only: never reported as the objective)
     sources: dict[str, dict[str, Any]] | None = None  # tables read in memory (see ingest); others are Ray Data shards
 
     @property
@@ -211,6 +211,11 @@ def _save_checkpoint(out: Path, model: torch.nn.Module, tokenizer: Any, optimize
     (out / "history.json").write_text(json.dumps(history, indent=1))
 
 
+def curve_batches(steps_per_epoch: int, points: int) -> set[int]:
+    """After which batches of an epoch a GT test point is taken besides its end: ``points`` evenly spaced."""
+    return {round(k * steps_per_epoch / points) for k in range(1, points)} - {0, steps_per_epoch} if points else set()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker loop (also runs in process with num_workers=0)."""
     import ray.train
@@ -252,15 +257,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     tables = {name: Ingest(name, cfg.sources, rank, world) for name in ("train", "val", "monitor")}
     t_ingest = time.perf_counter()
-    for name, wanted in (("train", True), ("val", bool(cfg.select)), ("monitor", cfg.monitor)):
+    for name, wanted in (("train", True), ("val", bool(cfg.select)), ("monitor", cfg.monitor > 0)):
         if wanted:
             tables[name].load()
     setup = {"worker_started_at": started_at, "setup_s": time.perf_counter() - started,
              "ingest_s": time.perf_counter() - t_ingest}
     model.train()
+
+    def gt_test_point() -> dict[str, Any]:  # analysis only: nothing reads it back
+        return {"step": scheduler.last_epoch, "gt_test_acc": validation_objective(
+            model, tokenizer, tables["monitor"].batches(128), "label", cfg.train["max_len"], device)}
+
+    curve_after = curve_batches(total_steps // cfg.train["epochs"], cfg.monitor)
     for epoch in range(start_epoch, cfg.train["epochs"]):
-        t0, losses, seen, alpha = time.perf_counter(), [], 0, 0.0
-        for batch in tables["train"].epoch(epoch, cfg.train["batch_size"], seed):
+        t0, losses, seen, alpha, curve = time.perf_counter(), [], 0, 0.0, []
+        for i, batch in enumerate(tables["train"].epoch(epoch, cfg.train["batch_size"], seed), 1):
             targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
             with precision(device):
                 loss, alpha = optimizer_step(model, tokenizer, batch["text"], targets, cfg,
@@ -268,6 +279,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             scheduler.step()
             losses.append(loss)
             seen += len(targets)
+            if i in curve_after:
+                curve.append(gt_test_point())
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"], "train_loss": float(np.mean(losses)),
                    "alpha": alpha, "step": scheduler.last_epoch, "samples": seen,
@@ -278,8 +291,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["objective"] = validation_objective(model, tokenizer, tables["val"].batches(128),
                                                         cfg.select["column"], cfg.train["max_len"], device)
         if cfg.monitor:
-            metrics["gt_test_acc"] = validation_objective(model, tokenizer, tables["monitor"].batches(128),
-                                                          "label", cfg.train["max_len"], device)
+            curve.append(gt_test_point())
+            metrics.update(gt_test_acc=curve[-1]["gt_test_acc"], gt_test_curve=curve)
         history.append(metrics)
         full_state = full_state_dict(model)
         with tempfile.TemporaryDirectory() as tmp:
@@ -311,7 +324,8 @@ def fit_train_stage(
     loop = LoopConfig(model=params["model"], train=params["train"], loss=params["loss"],
                       target_column=sources["train"].columns[1], n_rows=sources["train"].rows,
                       torch_threads=torch_threads, select=select, parallel=gpu["parallel"],
-                      gradient_checkpointing=gpu["gradient_checkpointing"], monitor="monitor" in sources,
+                      gradient_checkpointing=gpu["gradient_checkpointing"],
+                      monitor=params.get("monitor_points", 1) if "monitor" in sources else 0,
                       sources=memory)
     trainer = TorchTrainer(
         train_loop_per_worker,
