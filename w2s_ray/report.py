@@ -8,7 +8,12 @@ Figures (PNG):
   line per weak model (its students), the strong ceiling in black and each
   weak model's own accuracy as a marker (paper Fig. 3 layout);
 * ``pgr_heatmap.png``: mean PGR over weak × strong, one panel per loss;
-* ``pgr_by_loss.png``: mean PGR per pair and loss, with confidence intervals.
+* ``pgr_by_loss.png``: mean PGR per pair and loss, with confidence intervals;
+* ``pgr_vs_size.png``: mean PGR against strong-model size with its interval,
+  one line per weak model (paper Fig. 3, bottom row).
+
+A model trained as a linear probe (``finetune``) is named ``<model> [probe]``
+in every figure, so probe and fine-tuned students are never averaged together.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-FIGURES = ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png")
+FIGURES = ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png", "pgr_vs_size.png")
+PROBE = " [probe]"
 
 
 def loss_label(row: dict[str, Any] | pd.Series) -> str:
@@ -31,13 +37,26 @@ def loss_label(row: dict[str, Any] | pd.Series) -> str:
     return f"bootstrap ({loss})" if method == "bootstrap" else loss
 
 
+def with_modes(frame: pd.DataFrame) -> pd.DataFrame:
+    """``weak`` / ``strong`` suffixed with `` [probe]`` where that role was a linear probe on frozen features."""
+    if "finetune" not in frame:
+        return frame
+    mode = frame["finetune"].fillna("full").astype(str)
+    weak_probe = (mode == "probe") | mode.str.startswith("weak=probe")
+    strong_probe = (mode == "probe") | mode.str.endswith("strong=probe")
+    def mark(names: pd.Series, probed: pd.Series) -> pd.Series:  # idempotent: a marked name stays as it is
+        return names.where(~probed | names.str.endswith(PROBE), names + PROBE)
+
+    return frame.assign(weak=mark(frame["weak"], weak_probe), strong=mark(frame["strong"], strong_probe))
+
+
 def model_size(name: str) -> float:
-    """Millions of parameters for plotting; NaN when unknown."""
+    """Millions of parameters for plotting (a probe's backbone counts); NaN when unknown."""
     from w2s_ray.models import resolve_model
     from w2s_ray.presets import params_m
 
     try:
-        size = params_m(resolve_model(name))
+        size = params_m(resolve_model(name.removesuffix(PROBE)))
     except Exception:  # a local path that has moved: plot by order instead
         size = None
     return float(size) if size is not None else math.nan
@@ -77,12 +96,19 @@ def plot_accuracy_vs_size(agg: pd.DataFrame, out: Path) -> Path:
     order = _ordered_models(agg)
     x_of = {m: (model_size(m) if not math.isnan(model_size(m)) else i + 1) for i, m in enumerate(order)}
     for ax, ((dataset, loss), g) in zip(axes[0], panels):
-        ceil = g.groupby("strong")["ceiling_acc_mean"].mean().sort_index(key=lambda s: s.map(x_of))
-        ax.plot([x_of[m] for m in ceil.index], ceil.values, "k-o", label="strong ceiling (GT)", zorder=3)
-        for weak, gw in g.groupby("weak", sort=False):
+        probe = g["strong"].str.endswith(PROBE)
+        for part, style, what in ((g[~probe], "-", ""), (g[probe], "--", ", probe")):  # one line per mode
+            ceil = part.groupby("strong")["ceiling_acc_mean"].mean().sort_index(key=lambda s: s.map(x_of))
+            if len(ceil):
+                ax.plot([x_of[m] for m in ceil.index], ceil.values, f"k{style}o", label=f"strong ceiling (GT{what})",
+                        zorder=3)
+        colors: dict[str, Any] = {}
+        for (weak, is_probe), gw in g.groupby(["weak", probe], sort=False):
             gw = gw.sort_values("strong", key=lambda s: s.map(x_of))
-            line, = ax.plot([x_of[m] for m in gw["strong"]], gw["student_acc_mean"], "-o", label=f"weak {weak}")
-            ax.plot([x_of[weak]], [gw["weak_acc_mean"].iloc[0]], "*", ms=12, color=line.get_color())
+            line, = ax.plot([x_of[m] for m in gw["strong"]], gw["student_acc_mean"], "--o" if is_probe else "-o",
+                            color=colors.get(weak), label=f"weak {weak}" + (" (probe students)" if is_probe else ""))
+            colors.setdefault(weak, line.get_color())
+            ax.plot([x_of[weak]], [gw["weak_acc_mean"].iloc[0]], "*", ms=12, color=colors[weak])
         ax.set_xscale("log")
         ax.set_xlabel("strong model size (M parameters)")
         ax.set_ylabel("test accuracy (GT)")
@@ -186,7 +212,7 @@ def plot_agreement(agg: pd.DataFrame, out: Path) -> Path:
 
 
 def plot_training_curves(cells: pd.DataFrame, out: Path) -> Path:
-    """Students' GT test accuracy after each epoch (logged for analysis, never selected on), per pair."""
+    """Students' GT test accuracy during training (logged for analysis, never selected on), per pair."""
     plt = _pyplot()
     curves = cells[cells["student_gt_test_acc_by_epoch"].notna()]
     pairs = list(dict.fromkeys(zip(curves["weak"], curves["strong"])))
@@ -194,8 +220,12 @@ def plot_training_curves(cells: pd.DataFrame, out: Path) -> Path:
     for ax, (weak, strong) in zip(axes[0], pairs):
         g = curves[(curves["weak"] == weak) & (curves["strong"] == strong)]
         for r in g.to_dict("records"):
-            ys = list(r["student_gt_test_acc_by_epoch"])
-            ax.plot(range(1, len(ys) + 1), ys, lw=1, label=loss_label(r))
+            if r.get("curve_epochs") is not None and not _missing(r["curve_epochs"]):  # several points per epoch
+                xs, ys = list(r["curve_epochs"]), list(r["curve_acc"])
+            else:
+                ys = list(r["student_gt_test_acc_by_epoch"])
+                xs = list(range(1, len(ys) + 1))
+            ax.plot(xs, ys, lw=1, label=f"{loss_label(r)} seed {r['seed']}")
         ax.axhline(g["weak_acc"].mean(), color="gray", ls=":", label="weak")
         ax.axhline(g["ceiling_acc"].mean(), color="k", ls="--", label="ceiling")
         ax.set_xlabel("epoch")
@@ -203,6 +233,39 @@ def plot_training_curves(cells: pd.DataFrame, out: Path) -> Path:
         ax.set_title(f"{weak} → {strong}", fontsize=10)
         ax.legend(fontsize=6)
     return _save(fig, out / "training_curves.png")
+
+
+def plot_pgr_vs_size(agg: pd.DataFrame, out: Path) -> Path:
+    """Mean PGR against strong-model size, one line per weak model, error bars = each row's named interval."""
+    plt = _pyplot()
+    panels = list(agg.groupby(["dataset", agg.apply(loss_label, axis=1)], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    order = _ordered_models(agg)
+    x_of = {m: (model_size(m) if not math.isnan(model_size(m)) else i + 1) for i, m in enumerate(order)}
+    methods = sorted({str(m) for m in agg.get("pgr_ci_method", pd.Series(dtype=str)).dropna()})
+    for ax, ((dataset, loss), g) in zip(axes[0], panels):
+        probe = g["strong"].str.endswith(PROBE)
+        for (weak, is_probe), gw in g.groupby(["weak", probe], sort=False):
+            gw = gw.sort_values("strong", key=lambda s: s.map(x_of))
+            mean = gw["pgr_mean"].astype(float)
+            err = [(mean - gw["pgr_ci_low"].astype(float)).clip(lower=0).fillna(0),
+                   (gw["pgr_ci_high"].astype(float) - mean).clip(lower=0).fillna(0)]
+            ax.errorbar([x_of[m] for m in gw["strong"]], mean, yerr=err, fmt="--o" if is_probe else "-o",
+                        capsize=3, label=f"weak {weak}" + (" (probe students)" if is_probe else ""))
+        ax.axhline(0, color="k", lw=0.8)
+        if g["pgr_mean"].astype(float).notna().any():  # every PGR n/a (degenerate gaps): nothing to scale
+            ax.set_xscale("log")
+        ax.set_xlabel("strong model size (M parameters)")
+        ax.set_ylabel("PGR (mean over seeds)")
+        ax.set_title(f"{dataset}\n{loss}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("error bars: " + (", ".join(methods) or "none (one value)"), fontsize=8, y=0.02)
+    return _save(fig, out / FIGURES[3])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -220,21 +283,24 @@ def _cell(v: Any) -> str:
 
 
 def summary_markdown(cells: pd.DataFrame, agg: pd.DataFrame) -> str:
-    show = agg.assign(loss=agg.apply(loss_label, axis=1))[
-        ["dataset", "weak", "strong", "loss", "n_seeds", "weak_acc_mean", "student_acc_mean", "ceiling_acc_mean",
-         "pgr_mean", "pgr_ci_low", "pgr_ci_high"]]
+    agg = with_modes(agg)
+    columns = ["dataset", "weak", "strong", "loss", "n_seeds", "weak_acc_mean", "student_acc_mean",
+               "ceiling_acc_mean", "pgr_mean", "pgr_ci_low", "pgr_ci_high", "pgr_best_mean"]
+    show = agg.assign(loss=agg.apply(loss_label, axis=1))[[c for c in columns if c in agg]]
     degenerate = cells[cells["pgr"].isna()]
+    methods = sorted({str(m) for m in agg.get("pgr_ci_method", pd.Series(dtype=str)).dropna()})
     parts = [
         "# Weak-to-strong sweep report", "",
         f"{len(cells)} cell(s), {cells['seed'].nunique()} seed(s), test set of {int(cells['n_test'].iloc[0])} "
-        "GT rows per dataset. PGR = (student - weak) / (ceiling - weak); CI: bootstrap over seeds "
-        "(one seed: over test rows).", "",
+        "GT rows per dataset. PGR = (student - weak) / (ceiling - weak), per seed, then averaged; "
+        f"CI: {', '.join(methods) or 'none'}. `pgr_best_mean` is an ORACLE (the best point of the student's GT "
+        "test curve, analysis only).", "",
         _markdown_table(show), "",
     ]
     if len(degenerate):
         parts += [f"{len(degenerate)} cell(s) have a degenerate gap (ceiling <= weak): PGR n/a.", ""]
     for name, title in zip(FIGURES, ("Accuracy against strong-model size", "PGR over weak x strong",
-                                     "PGR by loss")):
+                                     "PGR by loss", "PGR against strong-model size")):
         parts += [f"## {title}", "", f"![{title}]({name})", ""]
     return "\n".join(parts)
 
@@ -247,10 +313,12 @@ def write_report(results_dir: Path) -> dict[str, Path]:
     cells, agg = read_results(results_dir)
     if "status" in cells:  # failed or blocked cells have no numbers to plot (results.csv lists them)
         cells = cells[cells["status"] == "ok"]
+    cells, agg = with_modes(cells), with_modes(agg)
     paths = {
         "accuracy_vs_size": plot_accuracy_vs_size(agg, results_dir),
         "pgr_heatmap": plot_pgr_heatmap(agg, results_dir),
         "pgr_by_loss": plot_pgr_by_loss(agg, results_dir),
+        "pgr_vs_size": plot_pgr_vs_size(agg, results_dir),
     }
     text = summary_markdown(cells, agg)
     if "agreement_weak_wrong_mean" in agg and agg["agreement_weak_wrong_mean"].notna().any():

@@ -161,15 +161,17 @@ def curve_fields(history: list[dict[str, Any]], row: dict[str, Any]) -> dict[str
 GROUP = ["dataset", "weak", "strong", "finetune", "loss", "method", "alpha_max", "warmup_frac"]  # + chain
 
 
-def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """One row per grid point over seeds: means, medians and a bootstrap CI of mean PGR.
+def aggregate(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per grid point over seeds: means, spreads and 95% intervals, each interval's method named.
 
-    With one seed the CI is that cell's test-set bootstrap; with several it
-    resamples seeds (the larger source of variance in weak-to-strong runs).
+    PGR (final, and the oracle ``pgr_best``) gets a Student-t interval over
+    seeds (``pgr_ci_method``); with one seed, the cell's paired bootstrap over
+    test rows. ``*_acc_std`` over seeds is the noise floor a PGR difference
+    must clear.
     """
     frame = pd.DataFrame(rows)
-    out = []
     frame["finetune"] = frame["finetune"] if "finetune" in frame else "full"  # older tables lack the column
+    out = []
     group = GROUP + (["chain"] if "chain" in frame else [])  # two chains between one pair stay apart
     for key, g in frame.groupby(group, dropna=False, sort=False):
         row = dict(zip(group, key))
@@ -177,19 +179,30 @@ def aggregate(rows: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) -> 
         for col in ("weak_acc", "student_acc", "ceiling_acc", "agreement", "agreement_weak_right",
                     "agreement_weak_wrong"):
             row[f"{col}_mean"] = float(g[col].mean()) if col in g else None  # older tables lack the split
+        for col in ("weak_acc", "student_acc", "ceiling_acc"):
+            row[f"{col}_std"] = float(g[col].std(ddof=1)) if len(g) > 1 else None
         pgrs = g["pgr"].dropna().to_numpy(dtype=float)
         row["pgr_defined"] = len(pgrs)
-        row["pgr_mean"] = float(pgrs.mean()) if len(pgrs) else None
         row["pgr_median"] = float(np.median(pgrs)) if len(pgrs) else None
-        if len(pgrs) > 1:
-            draws = np.random.default_rng(seed).choice(pgrs, size=(n_boot, len(pgrs))).mean(axis=1)
-            row["pgr_ci_low"], row["pgr_ci_high"] = (float(x) for x in np.percentile(draws, [2.5, 97.5]))
-        elif len(pgrs) == 1:
-            row["pgr_ci_low"], row["pgr_ci_high"] = float(g["pgr_ci_low"].iloc[0]), float(g["pgr_ci_high"].iloc[0])
-        else:
-            row["pgr_ci_low"] = row["pgr_ci_high"] = None
+        row.update(_interval("pgr", pgrs))
+        if len(pgrs) == 1:
+            row.update(pgr_ci_low=float(g["pgr_ci_low"].dropna().iloc[0]),
+                       pgr_ci_high=float(g["pgr_ci_high"].dropna().iloc[0]),
+                       pgr_ci_method="95% bootstrap over test rows (one seed)")
+        best = g["pgr_best"].dropna().to_numpy(dtype=float) if "pgr_best" in g else np.array([])
+        row.update(_interval("pgr_best", best))
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _interval(name: str, values: np.ndarray) -> dict[str, Any]:
+    """``<name>_mean`` with its t-interval over seeds (None where fewer than 2 seeds)."""
+    if len(values) < 2:
+        return {f"{name}_mean": float(values[0]) if len(values) else None, f"{name}_ci_low": None,
+                f"{name}_ci_high": None, f"{name}_ci_method": None}
+    mean, lo, hi = metrics.t_interval(values)
+    return {f"{name}_mean": mean, f"{name}_ci_low": lo, f"{name}_ci_high": hi,
+            f"{name}_ci_method": metrics.T_INTERVAL}
 
 
 def trial_rows(store: ArtifactStore, cell: Cell, row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -255,15 +268,17 @@ def write_results(rows: list[dict[str, Any]], out: Path, run_info: dict[str, Any
 
 
 def read_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The tidy per-cell table and its aggregate, as written by :func:`write_results`."""
+    """The tidy per-cell table and its aggregate, recomputed from the cells.
+
+    The cells are the record; recomputing keeps a report of an older
+    directory in step with this version's aggregate (its columns and intervals).
+    """
     results_dir = Path(results_dir)
     if not (results_dir / "results.parquet").is_file():
         raise FileNotFoundError(f"{results_dir} holds no results.parquet (not a w2s-ray results directory)")
     cells = pd.read_parquet(results_dir / "results.parquet")
-    agg_path = results_dir / "aggregate.parquet"
     ok = cells[cells["status"] == "ok"] if "status" in cells else cells
-    agg = pd.read_parquet(agg_path) if agg_path.is_file() else aggregate(ok.to_dict("records"))
-    return cells, agg
+    return cells, aggregate(ok.to_dict("records"))
 
 
 def _present(value: Any) -> bool:
