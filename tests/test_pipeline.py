@@ -113,3 +113,66 @@ def test_large_table_route_streams_through_ray_data(first_run, monkeypatch, tmp_
     assert [h["samples"] for h in meta["history"]] == [labels["rows"]] * 2
     assert all(0.0 <= h["gt_test_acc"] <= 1.0 for h in meta["history"])
     assert meta["timing"]["loop_s"] > 0
+
+
+def _store_with_test_labels_shuffled(store, data_key: str, root) -> "object":
+    """A store holding a copy of ``data_key`` whose GT test labels are permuted (same key, new content)."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+
+    from w2s_ray.artifacts import ArtifactStore
+
+    src = root / "data"
+    shutil.copytree(store.local_dir(data_key), src)
+    (src / "manifest.json").unlink(missing_ok=True)
+    test = pq.read_table(src / "test.parquet")
+    labels = np.random.default_rng(0).permutation(test["label"].to_numpy())
+    pq.write_table(test.set_column(test.schema.get_field_index("label"), "label", pa.array(labels)),
+                   src / "test.parquet")
+    shuffled = ArtifactStore(str(root / "store"))
+    shuffled.commit(data_key, src, store.manifest(data_key).meta)
+    return shuffled
+
+
+def test_pgr_best_reads_gt_test_labels_that_nothing_else_reads(first_run, tmp_path):
+    """The student's test curve (hence ``pgr_best``) is analysis only: with the GT test labels shuffled the
+    weak labels and the student's weights and losses are the same bit for bit, and only the curve moves."""
+    import dataclasses
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from w2s_ray.artifacts import ArtifactStore
+    from w2s_ray.label import read_predictions, run_infer_stage
+    from w2s_ray.results import curve_fields
+    from w2s_ray.train import fit_train_stage
+
+    _, store, plan, _, _ = first_run
+    stages = {s.role: s for s in plan.stages.values()}
+    params = stages["student"].params
+    student = dataclasses.replace(stages["student"], params={**params, "monitor": "gt_test", "monitor_points": 2,
+                                                             "train": {**params["train"], "epochs": 2}})
+    data_key, labels_key, weak_key = (student.inputs["data"], student.inputs["labels"],
+                                      stages["labels"].inputs["model"])
+    stores = {"gt": ArtifactStore(str(tmp_path / "gt" / "store")),
+              "shuffled": _store_with_test_labels_shuffled(store, data_key, tmp_path / "shuffled")}
+    stores["gt"].commit(data_key, store.local_dir(data_key), store.manifest(data_key).meta)
+    out = {}
+    for name, s in stores.items():
+        s.commit(weak_key, store.local_dir(weak_key), store.manifest(weak_key).meta)
+        run_infer_stage(stages["labels"], s, threads=1)  # the weak labels, from this store's data
+        meta = fit_train_stage(student, s, Resources(), str(tmp_path / name / "ray"), torch_threads=1)
+        model_dir = s.local_dir(student.key) / "model"
+        weights = {f"{f.name}:{k}": v for f in sorted(model_dir.rglob("*.safetensors"))
+                   for k, v in load_file(str(f)).items()}  # backbone and head
+        out[name] = (read_predictions(s, labels_key).sort_values("id"), meta["history"], weights)
+    (labels_gt, hist_gt, w_gt), (labels_sh, hist_sh, w_sh) = out["gt"], out["shuffled"]
+    assert labels_gt["p1"].tolist() == labels_sh["p1"].tolist()
+    assert [h["train_loss"] for h in hist_gt] == [h["train_loss"] for h in hist_sh]
+    assert len(w_gt) > 2 and w_gt.keys() == w_sh.keys() and all(np.array_equal(w_gt[k], w_sh[k]) for k in w_gt)
+    accs = {"weak_acc": 0.5, "ceiling_acc": 1.0}
+    gt, sh = curve_fields(hist_gt, accs), curve_fields(hist_sh, accs)
+    assert len(gt["curve_acc"]) == 4 and gt["curve_epochs"] == [0.5, 1.0, 1.5, 2.0]
+    assert gt["curve_acc"] != sh["curve_acc"] and gt["pgr_best"] != sh["pgr_best"]

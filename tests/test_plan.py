@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from w2s_ray.config import ExperimentConfig, LossConfig, SplitConfig
 from w2s_ray.plan import Plan, plan_experiment
 
@@ -67,3 +69,32 @@ def test_test_curves_only_touch_the_students_key():
         assert getattr(plain, field) == getattr(curves, field), field
     assert plain.student != curves.student
     assert plan_experiment(base.replace(test_curves=True)).stages[curves.student].params["monitor"] == "gt_test"
+
+
+def test_test_curves_points_per_epoch_keep_the_once_per_epoch_key():
+    once, twice = (plan_experiment(_cfg(test_curves=n)) for n in (1, 2))
+    s1, s2 = once.stages[once.cells[0].student], twice.stages[twice.cells[0].student]
+    assert "monitor_points" not in s1.params and s2.params["monitor_points"] == 2 and s1.key != s2.key
+
+
+def test_per_role_finetune_reuses_each_roles_stages_of_the_uniform_modes():
+    """{weak: full, strong: probe}: the weak side is the full-mode weak model and labels, the strong side the
+    probe-mode ceiling; only the student differs (probe heads on the weak model's labels)."""
+    from w2s_ray.config import ConfigError, Finetune
+
+    full, probe = plan_experiment(_cfg()).cells[0], plan_experiment(_cfg(finetune="probe")).cells[0]
+    mixed_plan = plan_experiment(_cfg(finetune=Finetune("full", "probe")))
+    mixed = mixed_plan.cells[0]
+    assert (mixed.weak, mixed.weak_labels, mixed.weak_test) == (full.weak, full.weak_labels, full.weak_test)
+    assert (mixed.ceiling, mixed.ceiling_test) == (probe.ceiling, probe.ceiling_test)
+    student = mixed_plan.stages[mixed.student]
+    assert student.kind == "probe" and student.inputs["labels"] == full.weak_labels
+    assert mixed_plan.counts() == {"data": 1, "train": 1, "infer": 2, "features": 1, "probe": 2, "probeinfer": 2}
+    reverse = plan_experiment(_cfg(finetune=Finetune("probe", "full")))
+    labels = reverse.stages[reverse.cells[0].weak_labels]
+    assert labels.kind == "probeinfer" and labels.params["text"] is True  # a fine-tuned student reads text
+    assert reverse.stages[reverse.cells[0].student].kind == "train"
+    with pytest.raises(ConfigError, match="finetune: 'lora' is not allowed"):
+        _cfg(finetune="lora")
+    with pytest.raises(ConfigError, match="finetune.strong: 'lora' is not allowed"):
+        Finetune("full", "lora")

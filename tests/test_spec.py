@@ -38,6 +38,15 @@ def base(**changes):
     ({"pairs": [["minilm-l6-1l"]]}, "pairs[0]", "expected [weak, strong]"),
     ({"models": ["minilm-l6"]}, "pairs", "gives no pair"),
     ({"train": {"epochs": 0}}, "train.epochs", "positive"),
+    ({"finetune": {"weak": "full", "strong": "lora"}}, "finetune.strong", "allowed: full, probe"),
+    ({"finetune": {"weak": "probe"}, "bootstrap": {"steps": 2}}, "finetune", "bootstrapping chains need"),
+    ({"test_curves": -1}, "test_curves", "points per epoch"),
+    ({"parts": [{}, {"name": "other"}]}, "parts[1].name", "not a field a part can set"),
+    ({"parts": [{"resources": {}}]}, "parts[0].resources", "not a field a part can set"),
+    ({"parts": [{"seeds": "zero"}]}, "parts[0].seeds", "expected a list"),
+    ({"parts": [{"pairs": [["minilm-l6-1l", "minilm-l6"]]}]}, "parts[0].pairs[0][1]", "not in models"),
+    ({"parts": [{"finetune": {"strong": "lora"}}]}, "parts[0].finetune.strong", "allowed: full, probe"),
+    ({"parts": ["grid"]}, "parts[0]", "expected a mapping"),
     ({"train": {"lr": 2.0}}, "train.lr", "outside (0, 1)"),
     ({"split": {"n_test": -1}}, "split.n_test", "positive"),
     ({"model_train": {"minilm-l6": {"lr": 1e-4}}}, "model_train.minilm-l6", "not in models"),
@@ -175,3 +184,28 @@ def test_unshared_plan_gives_every_cell_private_stages():
     for cell in naive.cells:  # cells point at their own, existing stages
         assert {cell.weak, cell.ceiling, cell.student, cell.student_test} <= set(naive.stages)
         assert naive.stages[cell.student].inputs["labels"] == cell.weak_labels
+
+
+def test_parts_are_a_union_of_grids_and_shared_cells_run_once():
+    """A part replaces the top level's fields for its grid; a cell two parts both list is planned once."""
+    spec = spec_from_dict(base(models=LADDER, losses=["xent", "logconf"], parts=[
+        {"models": LADDER[:2]},  # 1 pair x 2 losses
+        {"pairs": [["minilm-l6-1l", "minilm-l6-2l"], ["minilm-l6-1l", "minilm-l6"]], "losses": ["xent"]},
+        {"pairs": [["minilm-l6-1l", "minilm-l6"]], "finetune": {"weak": "full", "strong": "probe"}},
+    ]))
+    cells = spec.experiments()
+    got = {(c.weak, c.strong, c.loss.name, c.finetune.label) for c in cells}
+    assert len(cells) == len(got) == 5  # 1l->2l xent is in two parts
+    assert got == {("minilm-l6-1l", "minilm-l6-2l", "xent", "full"), ("minilm-l6-1l", "minilm-l6-2l", "logconf", "full"),
+                   ("minilm-l6-1l", "minilm-l6", "xent", "full"),
+                   ("minilm-l6-1l", "minilm-l6", "xent", "weak=full/strong=probe"),
+                   ("minilm-l6-1l", "minilm-l6", "logconf", "weak=full/strong=probe")}
+    plan = plan_experiments(cells)
+    weak_trainings = {k for k, s in plan.stages.items() if s.kind == "train" and s.role == "weak"}
+    assert len(weak_trainings) == 1  # every part's cells share the fully trained weak model
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+
+
+def test_a_spec_without_parts_is_its_own_only_part():
+    spec = spec_from_dict(base())
+    assert spec.part_specs() == [spec]

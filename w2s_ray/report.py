@@ -71,11 +71,15 @@ def _pyplot():
     return plt
 
 
-def _ordered_models(cells: pd.DataFrame) -> list[str]:
-    """Models smallest first (by size, then by first appearance)."""
-    names = list(dict.fromkeys(list(cells["weak"]) + list(cells["strong"])))
+def by_size(names: list[str]) -> list[str]:
+    """Models smallest first (by size, then in the given order)."""
+    names = list(dict.fromkeys(names))
     return sorted(names, key=lambda n: (model_size(n) if not math.isnan(model_size(n)) else math.inf,
                                         names.index(n)))
+
+
+def _ordered_models(cells: pd.DataFrame) -> list[str]:
+    return by_size(list(cells["weak"]) + list(cells["strong"]))
 
 
 def _save(fig, path: Path) -> Path:  # noqa: ANN001
@@ -305,6 +309,20 @@ def summary_markdown(cells: pd.DataFrame, agg: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _claims_section(cells: pd.DataFrame, results_dir: Path) -> str:
+    """The paper's claims this table can test (``claims.csv``: every comparison), summarised per dataset."""
+    from w2s_ray.claims import comparisons, summary
+
+    comps = comparisons(cells.assign(weak=cells["weak"].str.removesuffix(PROBE),
+                                     strong=cells["strong"].str.removesuffix(PROBE)))
+    if comps.empty:
+        return ""
+    comps.to_csv(results_dir / "claims.csv", index=False)
+    return ("\n## The paper's claims, tested\n\nEach comparison is a seed-paired difference (or a PGR) with its "
+            f"{comps['interval'].iloc[0]}; it supports a claim when the interval excludes 0 in the paper's "
+            "direction. Every comparison: `claims.csv`.\n\n" + _markdown_table(summary(comps)) + "\n")
+
+
 def write_report(results_dir: Path) -> dict[str, Path]:
     """Figures + ``report.md`` into ``results_dir``; returns their paths."""
     from w2s_ray.results import read_results
@@ -331,6 +349,7 @@ def write_report(results_dir: Path) -> dict[str, Path]:
         text += ("\n## Student test accuracy over training\n\nGT test accuracy after each epoch, logged for "
                  "analysis only (nothing selects on it): a curve that rises then falls is the student "
                  "overfitting to its weak labels.\n\n![training curves](training_curves.png)\n")
+    text += _claims_section(cells, results_dir)
     trials_path = results_dir / "trials.parquet"
     if trials_path.is_file():
         paths["pgr_vs_alpha"] = plot_pgr_vs_alpha(pd.read_parquet(trials_path), cells, results_dir)

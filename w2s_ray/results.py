@@ -124,7 +124,7 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
     return row
 
 
-def test_curve(history: list[dict[str, Any]]) -> list[tuple[float, float]]:
+def gt_test_curve(history: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """(epoch, GT test accuracy) points a student logged while it trained, in order; epochs may be fractional.
 
     A probe logs one point per epoch, a fine-tuned student with
@@ -147,7 +147,7 @@ def curve_fields(history: list[dict[str, Any]], row: dict[str, Any]) -> dict[str
     so it bounds what early stopping could reach and is never a result to
     select on (paper §5.1.1). Nothing in training or selection reads it.
     """
-    points = test_curve(history)
+    points = gt_test_curve(history)
     if not points:
         return {"student_gt_test_acc_by_epoch": None, "curve_epochs": None, "curve_acc": None,
                 "student_best_acc": None, "best_epoch": None, "pgr_best": None}

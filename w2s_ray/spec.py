@@ -311,7 +311,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # Optional[X]: X's own error, with its inner path
+        if isinstance(value, dict):  # a mapping can only mean the mapping-shaped option
+            options = [a for a in options if dataclasses.is_dataclass(a) or typing.get_origin(a) is dict] or options
+        if len(options) == 1:  # Optional[X], or the one option of this shape: its own error, with its inner path
             return _coerce(options[0], value, path)
         errors = []
         for arg in options:

@@ -1,0 +1,48 @@
+"""The paper's claims as seed-paired comparisons: verdicts follow the intervals, directions follow the paper."""
+
+import pandas as pd
+import pytest
+
+from w2s_ray.claims import comparisons, summary
+
+
+def _cells(pgr: dict, agreement: dict | None = None, best_bonus: float = 0.1) -> pd.DataFrame:
+    """Rows for (weak, strong, loss) -> per-seed PGRs; accuracies weak 0.7, ceiling 0.8."""
+    rows = []
+    for (weak, strong, loss), values in pgr.items():
+        for seed, v in enumerate(values):
+            rows.append({"dataset": "d", "weak": weak, "strong": strong, "finetune": "full", "loss": loss,
+                         "method": "fixed", "alpha_max": 0.5 if loss == "logconf" else None, "seed": seed,
+                         "status": "ok", "pgr": v, "pgr_best": v + best_bonus + 0.01 * seed,
+                         "weak_acc": 0.7, "ceiling_acc": 0.8,
+                         "agreement": (agreement or {}).get(strong, 0.9) + 0.001 * seed})
+    return pd.DataFrame(rows)
+
+
+def test_a_claim_is_supported_contradicted_or_unresolved_by_its_interval():
+    cells = _cells({("minilm-l6-1l", "minilm-l3", "xent"): [0.30, 0.35, 0.32],
+                    ("minilm-l6-1l", "minilm-l6", "xent"): [0.60, 0.62, 0.65],
+                    ("minilm-l6-1l", "minilm-l6", "logconf"): [0.10, 0.80, -0.40]},
+                   agreement={"minilm-l3": 0.95, "minilm-l6": 0.85})
+    comps = comparisons(cells)
+    verdict = {(r["claim"], r["comparison"].split(",")[-1].strip()): r["verdict"] for r in comps.to_dict("records")}
+    a = comps[comps["claim"] == "a"]
+    assert len(a) == 2 and set(a["verdict"]) == {"supports"}  # xent PGR clearly above 0 on every seed
+    b = comps[(comps["claim"] == "b") & comps["comparison"].str.contains("xent")]
+    assert b["verdict"].tolist() == ["supports"] and b["estimate"].iloc[0] == pytest.approx(0.3, abs=0.01)
+    d = comps[(comps["claim"] == "d") & comps["comparison"].str.contains("xent")]
+    assert d["verdict"].tolist() == ["supports"]  # agreement falls from L3 to L6: the paper's direction
+    c = comps[comps["claim"] == "c"]
+    assert c["verdict"].tolist() == ["unresolved"]  # logconf's seeds scatter around xent's
+    e = comps[comps["claim"] == "e"]
+    assert set(e["verdict"]) == {"supports"}
+    assert verdict and (comps["interval"] == "95% t-interval over seeds").all()
+    table = summary(comps)
+    assert set(table.columns) >= {"claim", "dataset", "supports", "contradicts", "unresolved"}
+    assert table["comparisons"].sum() == len(comps)
+
+
+def test_a_claim_against_the_data_is_contradicted_and_one_seed_gives_no_comparison():
+    cells = _cells({("w", "s", "xent"): [-0.30, -0.35, -0.32]})
+    assert comparisons(cells).query("claim == 'a'")["verdict"].tolist() == ["contradicts"]
+    assert comparisons(cells[cells["seed"] == 0]).empty

@@ -1,0 +1,161 @@
+"""The paper's claims, tested on a results table: seed-paired differences with named 95% intervals.
+
+Each claim of Burns et al. (2023) that a sweep can test becomes a set of
+comparisons. A comparison is a difference between two of the table's grid
+points measured on the same seeds (same data splits), so seed-to-seed noise
+cancels where it is shared; its interval is the Student-t interval over
+seeds (:func:`w2s_ray.metrics.t_interval`). A comparison *supports* the
+claim when its interval excludes 0 in the paper's direction, *contradicts*
+it when it excludes 0 the other way, and is *unresolved* otherwise.
+
+Claims (paper section):
+  a. naive weak-to-strong training recovers part of the gap: PGR > 0 (§4.2);
+  b. PGR grows with the strong model's size (§4.2, Fig. 3);
+  c. the confidence loss helps at large gaps, not small ones (§4.3.2);
+  d. the student agrees less with its supervisor as it grows (§5.1.3);
+  e. early stopping (the oracle best point) beats the final PGR (§5.1.1);
+  f. bootstrapping through a mid-size model beats the direct student (§4.3.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from w2s_ray import metrics
+from w2s_ray.report import by_size
+
+POINT = ["dataset", "weak", "strong", "finetune", "loss", "method", "alpha_max"]  # a grid point, over seeds
+CLAIMS = {
+    "a": "naive (xent) PGR > 0",
+    "b": "PGR grows with the strong model",
+    "c": "logconf beats xent where the gap is large",
+    "d": "agreement with the supervisor falls as the student grows",
+    "e": "early-stopped (oracle best) PGR above final PGR",
+    "f": "bootstrapping beats the direct student",
+}
+
+
+def _verdict(lo: float, hi: float, sign: int) -> str:
+    if (lo > 0 and sign > 0) or (hi < 0 and sign < 0):
+        return "supports"
+    if (lo > 0 and sign < 0) or (hi < 0 and sign > 0):
+        return "contradicts"
+    return "unresolved"
+
+
+def _comparison(claim: str, what: str, dataset: str, values: pd.Series, sign: int = 1,
+                **extra: Any) -> dict[str, Any] | None:
+    """One comparison from per-seed values (differences or PGRs); None with fewer than 2 seeds."""
+    x = values.dropna().to_numpy(dtype=float)
+    if len(x) < 2:
+        return None
+    mean, lo, hi = metrics.t_interval(x)
+    return {"claim": claim, "dataset": dataset, "comparison": what, "n_seeds": len(x), "estimate": mean,
+            "ci_low": lo, "ci_high": hi, "interval": metrics.T_INTERVAL, "verdict": _verdict(lo, hi, sign), **extra}
+
+
+def _by_seed(g: pd.DataFrame, col: str) -> pd.Series:
+    return g.set_index("seed")[col]
+
+
+def _fixed(cells: pd.DataFrame) -> pd.DataFrame:
+    return cells[cells["method"] == "fixed"]
+
+
+def claim_a(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for key, g in _fixed(cells)[lambda d: d["loss"] == "xent"].groupby(POINT, dropna=False, sort=False):
+        d = dict(zip(POINT, key))
+        out.append(_comparison("a", f"PGR {d['weak']} -> {d['strong']} ({d['finetune']})", d["dataset"],
+                               _by_seed(g, "pgr"), gap=float((g["ceiling_acc"] - g["weak_acc"]).mean())))
+    return out
+
+
+def _largest_minus_smallest(cells: pd.DataFrame, col: str, claim: str, sign: int) -> list[dict[str, Any]]:
+    """Per (dataset, weak, finetune, loss): ``col`` of the largest strong model minus the smallest's, by seed."""
+    out = []
+    for (dataset, weak, finetune, loss), g in _fixed(cells).groupby(["dataset", "weak", "finetune", "loss"],
+                                                                      sort=False):
+        strongs = by_size(list(g["strong"].unique()))
+        if len(strongs) < 2:
+            continue
+        small, large = (_by_seed(g[g["strong"] == s], col) for s in (strongs[0], strongs[-1]))
+        out.append(_comparison(claim, f"{col}: {weak} -> {strongs[-1]} minus -> {strongs[0]} ({finetune}, {loss})",
+                               dataset, large - small, sign))
+    return out
+
+
+def claim_b(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    return _largest_minus_smallest(cells, "pgr", "b", +1)
+
+
+def claim_d(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    return _largest_minus_smallest(cells, "agreement", "d", -1)
+
+
+def claim_c(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    """logconf minus xent PGR per pair; ``gap`` (ceiling - weak) says which side of the claim it tests."""
+    out = []
+    fixed = _fixed(cells)
+    for (dataset, weak, strong, finetune), g in fixed.groupby(["dataset", "weak", "strong", "finetune"], sort=False):
+        xent = g[g["loss"] == "xent"]
+        for alpha, lc in g[g["loss"] == "logconf"].groupby("alpha_max"):
+            gap = float((g["ceiling_acc"] - g["weak_acc"]).mean())
+            out.append(_comparison("c", f"PGR logconf(a={alpha:g}) - xent, {weak} -> {strong} ({finetune})",
+                                   dataset, _by_seed(lc, "pgr") - _by_seed(xent, "pgr"), gap=gap))
+    return out
+
+
+def claim_e(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    if "pgr_best" not in cells:
+        return out
+    for key, g in _fixed(cells).groupby(POINT, dropna=False, sort=False):
+        d = dict(zip(POINT, key))
+        loss = d["loss"] if d["loss"] == "xent" else f"{d['loss']}(a={d['alpha_max']:g})"
+        out.append(_comparison("e", f"pgr_best - pgr, {d['weak']} -> {d['strong']} ({d['finetune']}, {loss})",
+                               d["dataset"], _by_seed(g, "pgr_best") - _by_seed(g, "pgr")))
+    return out
+
+
+def claim_f(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    if "chain" not in cells:
+        return out
+    for (dataset, weak, strong, loss, chain), g in cells[cells["method"] == "bootstrap"].groupby(
+            ["dataset", "weak", "strong", "loss", "chain"], sort=False):
+        direct = _fixed(cells)
+        direct = direct[(direct["dataset"] == dataset) & (direct["weak"] == weak) & (direct["strong"] == strong)
+                        & (direct["loss"] == loss) & (direct["finetune"] == "full")]
+        out.append(_comparison("f", f"PGR {chain} minus direct ({loss})", dataset,
+                               _by_seed(g, "pgr") - _by_seed(direct, "pgr")))
+    return out
+
+
+TESTS: dict[str, Callable[[pd.DataFrame], list[dict[str, Any]]]] = {
+    "a": claim_a, "b": claim_b, "c": claim_c, "d": claim_d, "e": claim_e, "f": claim_f}
+
+
+def comparisons(cells: pd.DataFrame) -> pd.DataFrame:
+    """Every comparison the table allows, one row each (cells: the results rows with status ok)."""
+    cells = cells.copy()
+    cells["finetune"] = cells["finetune"] if "finetune" in cells else "full"
+    if "status" in cells:
+        cells = cells[cells["status"] == "ok"]
+    rows = [r for test in TESTS.values() for r in test(cells) if r is not None]
+    return pd.DataFrame(rows)
+
+
+def summary(comps: pd.DataFrame) -> pd.DataFrame:
+    """Per claim and dataset: how many comparisons support, contradict or leave it unresolved."""
+    out = []
+    for (claim, dataset), g in comps.groupby(["claim", "dataset"], sort=True):
+        counts = g["verdict"].value_counts()
+        out.append({"claim": f"({claim}) {CLAIMS[claim]}", "dataset": dataset, "comparisons": len(g),
+                    "supports": int(counts.get("supports", 0)), "contradicts": int(counts.get("contradicts", 0)),
+                    "unresolved": int(counts.get("unresolved", 0)), "mean estimate": float(g["estimate"].mean()),
+                    "median estimate": float(np.median(g["estimate"]))})
+    return pd.DataFrame(out)
