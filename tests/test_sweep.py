@@ -109,7 +109,11 @@ def test_results_table_and_report(sweep):
     assert pd.read_csv(results / "results.csv").shape[0] == 2
     curves = cells["student_gt_test_acc_by_epoch"]
     assert all(len(c) == SPEC["train"]["epochs"] and all(0 <= x <= 1 for x in c) for c in curves)
-    for name in ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png", "agreement.png",
+    assert (cells["student_best_acc"] >= cells["student_acc"] - 1e-9).all()  # the curve ends at the final model
+    defined = cells["pgr"].notna()
+    assert (cells.loc[defined, "pgr_best"] >= cells.loc[defined, "pgr"] - 1e-9).all()
+    assert cells["finetune"].eq("full").all()
+    for name in ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png", "pgr_vs_size.png", "agreement.png",
                  "training_curves.png"):
         assert (results / name).stat().st_size > 5000, name
     for f in results.glob("*.png"):
