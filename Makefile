@@ -15,7 +15,7 @@ export RAY_AUTH_MODE ?= disabled
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"   # first: else pip pulls a CUDA build
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[offline,test]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[offline,test,tracking]"
 	touch $@
 
 install: $(STAMP)

@@ -70,7 +70,9 @@ def test_largest_models_need_sharding_or_lora_on_80gb(name):
         assert r["num_workers"] > 1
     assert r["per_gpu_gb"] <= r["usable_gb"]
     only_one_gpu = trial_resources(REGISTRY[name], gpu_mem_gb=80, max_gpus=1)
-    assert only_one_gpu["lora"] and only_one_gpu["num_workers"] == 1
+    assert not only_one_gpu["fits"] and "LoRA fits" in only_one_gpu["refusal"]  # full FT is refused, with the fix
+    lora = trial_resources(REGISTRY[name], gpu_mem_gb=80, max_gpus=1, lora=True)
+    assert lora["fits"] and lora["lora"] and lora["num_workers"] == 1
 
 
 def test_resources_follow_the_training_shape_the_planner_passes():

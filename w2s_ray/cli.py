@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from w2s_ray.config import (
     LOSS_NAMES,
+    TRACKERS,
     ConfigError,
     ExperimentConfig,
     LossConfig,
@@ -54,6 +55,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--minibatch-size", type=int, help="gradient accumulation unit (divides batch size)")
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank for the strong model's trainings (ceiling and "
+                   "student; peft adapters, the head trains in full); 0: full fine-tuning (default)")
+    p.add_argument("--tracking", choices=TRACKERS, help="also log every training and the cell's result to MLflow "
+                   "(local store OUT/mlruns unless MLFLOW_TRACKING_URI is set), W&B or TensorBoard (OUT/tensorboard)")
     p.add_argument("--out", default="runs", help="output folder: store/, ray/ and results/ (default: runs)")
     p.add_argument("--storage", help="root of the artifact store and Ray state: a path or s3:// / gs:// URI "
                    "(default: OUT)")
@@ -78,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("spec", help="sweep spec YAML (see sweeps/)")
         if name == "sweep":
             sp.add_argument("--out", default="runs", help="output folder (default: runs)")
+            sp.add_argument("--tracking", choices=TRACKERS, help="log trainings and cells to MLflow, W&B or "
+                            "TensorBoard (overrides the spec's tracking)")
     report = sub.add_parser("report", help="figures + report.md from a results directory")
     report.add_argument("results_dir")
     sub.add_parser("datasets", help="list registered datasets")
@@ -97,10 +104,13 @@ def experiment_from_args(a: argparse.Namespace) -> ExperimentConfig:
         loss=LossConfig(a.loss, a.alpha_max, a.warmup_frac),
         split=SplitConfig(a.seed, a.n_weak, a.n_strong, a.n_test),
         train=TrainOverrides(a.lr, a.batch_size, a.minibatch_size, a.epochs, a.max_len),
+        model_train=((a.strong, TrainOverrides(lora_r=a.lora_r)),) if a.lora_r else (),
     )
 
 
 def _validate_overrides(a: argparse.Namespace) -> None:
+    if a.lora_r < 0:
+        raise ConfigError("--lora-r", f"{a.lora_r} must be 0 (full fine-tuning) or a positive rank")
     for name in ("epochs", "max_len", "batch_size", "minibatch_size", "max_concurrent"):
         v = getattr(a, name)
         if v is not None and v <= 0:
@@ -142,6 +152,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         _check_split_fits(cfg.dataset, cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test)
         resources = Resources(address=a.address, max_concurrent_trials=a.max_concurrent or
                               (2 if a.address else local_concurrency()), dashboard=a.dashboard)
+        tracker = _tracker(a.tracking, Path(a.out), "w2s-ray run")
     except ConfigError as e:
         return _fail("run", f"{_flag(e.path)}: {e.message}")
     except OfflineAssetError as e:
@@ -157,7 +168,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     layout = Layout.of(out, name, a.storage, results_dir)
     _say(f"w2s-ray: {cfg.dataset}: {cfg.weak} -> {cfg.strong}, loss {cfg.loss.label}, seed {cfg.split.seed}; "
          f"{_describe_counts(plan)}; store {layout.store_uri}")
-    return _execute("run", plan, layout, resources, {"command": "run", "config": as_dict(cfg)})
+    return _execute("run", plan, layout, resources, {"command": "run", "config": as_dict(cfg)}, tracker)
 
 
 def _describe_counts(plan) -> str:  # noqa: ANN001
@@ -165,7 +176,7 @@ def _describe_counts(plan) -> str:  # noqa: ANN001
     return f"{len(plan.stages)} stages (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
 
 
-def _execute(command: str, plan, layout, resources: Resources, info: dict) -> int:  # noqa: ANN001
+def _execute(command: str, plan, layout, resources: Resources, info: dict, tracker=None) -> int:  # noqa: ANN001
     """Run a plan and print its table; exit 1 if a stage failed, 130 on Ctrl-C (committed stages are kept)."""
     from w2s_ray.results import format_grid, format_table
     from w2s_ray.scheduler import INTERRUPTED
@@ -177,7 +188,7 @@ def _execute(command: str, plan, layout, resources: Resources, info: dict) -> in
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = run_plan(plan, layout, resources, info, progress=_say)
+        result = run_plan(plan, layout, resources, info, progress=_say, tracker=tracker)
     except KeyboardInterrupt:
         _fail(command, "interrupted; committed stages are kept: re-run the same command to resume")
         return 130
@@ -211,7 +222,7 @@ def pd_frame(rows: list[dict]):  # noqa: ANN201
 def _load_sweep(command: str, path: str):  # noqa: ANN202
     """The validated spec and its plan, or an exit code after one error line."""
     from w2s_ray.offline import OfflineAssetError
-    from w2s_ray.plan import plan_experiments
+    from w2s_ray.plan import check_gpu_fit, plan_experiments
     from w2s_ray.spec import load_spec
 
     try:
@@ -220,7 +231,10 @@ def _load_sweep(command: str, path: str):  # noqa: ANN202
             for ds in part.datasets:
                 _check_split_fits(ds, part.split.n_weak + part.split.n_strong + part.split.n_test,
                                   "split.n_weak + split.n_strong + split.n_test")
-        return spec, plan_experiments(spec.experiments())
+        plan = plan_experiments(spec.experiments())
+        if spec.resources.use_gpu:
+            check_gpu_fit(plan)
+        return spec, plan
     except ConfigError as e:
         return _fail(command, f"{path}: {e.path}: {e.message}")
     except OfflineAssetError as e:
@@ -246,9 +260,22 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         return loaded
     spec, plan = loaded
     layout = Layout.of(Path(a.out), spec.name, spec.resources.storage)
+    try:
+        tracker = _tracker(a.tracking or spec.tracking, Path(a.out), spec.name)
+    except ConfigError as e:
+        return _fail("sweep", f"{_flag(e.path)}: {e.message}")
     _say(f"w2s-ray sweep {spec.name}: {len(plan.cells)} cells; {_describe_counts(plan)}; store {layout.store_uri}")
     return _execute("sweep", plan, layout, spec.resources.resources(),
-                    {"command": "sweep", "spec": a.spec, "name": spec.name})
+                    {"command": "sweep", "spec": a.spec, "name": spec.name}, tracker)
+
+
+def _tracker(kind: str | None, out: Path, experiment: str):  # noqa: ANN202  (tracking is imported lazily)
+    """A Tracker for ``--tracking`` / the spec's ``tracking``, or None; ConfigError if its library is missing."""
+    if not kind:
+        return None
+    from w2s_ray.tracking import Tracker
+
+    return Tracker(kind, out, experiment, progress=_say)
 
 
 def cmd_report(a: argparse.Namespace) -> int:

@@ -99,6 +99,7 @@ class ProbeConfig:
 
 
 FINETUNE_MODES: tuple[str, ...] = ("full", "probe")
+TRACKERS: tuple[str, ...] = ("mlflow", "wandb", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,29 @@ class TrainOverrides:
     minibatch_size: int | None = None
     epochs: int | None = None
     max_len: int | None = None
+    lora_r: int | None = None  # > 0: train low-rank adapters (peft) instead of every weight; 0: full
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (peft) on the backbone; the classification head still trains in full.
+
+    ``target_modules`` None takes peft's default for the model family
+    (BERT: query/value, MPNet: q/v, GPT-2: c_attn, Llama/Qwen: q_proj/v_proj).
+    """
+
+    r: int
+    alpha: int | None = None  # None: 2·r
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive("lora_r", self.r)
+        _check_range("lora_dropout", self.dropout, 0.0, 1.0)
+
+    def effective(self) -> dict[str, Any]:
+        return {"r": self.r, "alpha": self.alpha or 2 * self.r, "dropout": self.dropout,
+                "target_modules": list(self.target_modules) if self.target_modules else None}
 
 
 @dataclass(frozen=True)

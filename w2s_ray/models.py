@@ -193,6 +193,12 @@ def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
     )
 
 
+def model_spec(effective: dict[str, Any]) -> ModelSpec:
+    """Rebuild the spec from a stage's effective model params."""
+    return ModelSpec(effective["name"], effective["source"], num_layers=effective["num_layers"],
+                     revision=effective["revision"], trust_remote_code=effective["trust_remote_code"])
+
+
 def resolve_source(source: str) -> str:
     """The string ``from_pretrained`` takes: a local directory or a hub id."""
     kind, _, ref = source.partition(":")
@@ -292,15 +298,40 @@ def load_pretrained(spec: ModelSpec) -> tuple[Classifier, Any]:
     return Classifier(backbone, infer_pooling(config)), tokenizer
 
 
+def apply_lora(model: Classifier, lora: dict[str, Any]) -> Classifier:
+    """Freeze the backbone and give it trainable low-rank adapters (peft); the head stays fully trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], bias="none")
+    try:
+        model.backbone = get_peft_model(model.backbone, config)
+    except ValueError as e:  # a family peft has no default for: name the fix
+        raise ValueError(f"LoRA on {type(model.backbone).__name__}: {e} (set lora target_modules)") from None
+    return model
+
+
+def is_lora(model: Classifier) -> bool:
+    return hasattr(model.backbone, "peft_config")
+
+
 def save_classifier(model: Classifier, tokenizer: Any, out: Path, info: dict[str, Any],
                     state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """A self-contained directory: backbone/ (HF format), head.safetensors, classifier.json.
+    """A directory of safetensors: backbone/ (HF format) or, with LoRA, adapter/ only; head; classifier.json.
 
-    ``state_dict`` carries the full weights when the module itself is sharded (FSDP).
+    A LoRA model keeps only its adapters and head (a few MB): the base weights
+    are the pretrained ones ``info["model"]`` names. ``state_dict`` carries the
+    full weights when the module itself is sharded (FSDP).
     """
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    if is_lora(model):
+        model.backbone.save_pretrained(out / "adapter", safe_serialization=True)
+        tokenizer.save_pretrained(out / "adapter")
+        save_file({"weight": model.head.weight.detach().float().contiguous()}, str(out / "head.safetensors"))
+        (out / "classifier.json").write_text(json.dumps({"pooling": model.pooling, "lora": True, **info}, indent=1))
+        return
     backbone_state = None if state_dict is None else {
         k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
     model.backbone.save_pretrained(out / "backbone", safe_serialization=True, state_dict=backbone_state)
@@ -310,16 +341,24 @@ def save_classifier(model: Classifier, tokenizer: Any, out: Path, info: dict[str
     (out / "classifier.json").write_text(json.dumps({"pooling": model.pooling, **info}, indent=1))
 
 
-def load_classifier(path: Path) -> tuple[Classifier, Any]:
-    """Reload what :func:`save_classifier` wrote (safetensors only: no pickle)."""
+def load_classifier(path: Path, trainable: bool = False) -> tuple[Classifier, Any]:
+    """Reload what :func:`save_classifier` wrote (safetensors only: no pickle); ``trainable``: LoRA adapters
+    stay trainable (a resumed training)."""
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
     info = json.loads((path / "classifier.json").read_text())
-    backbone = AutoModel.from_pretrained(path / "backbone")
-    model = Classifier(backbone, info["pooling"])
+    if info.get("lora"):  # the pretrained base + this model's adapters
+        from peft import PeftModel
+
+        model, _ = load_pretrained(model_spec(info["model"]))
+        model.backbone = PeftModel.from_pretrained(model.backbone, path / "adapter", is_trainable=trainable)
+        tokenizer_dir = path / "adapter"
+    else:
+        model = Classifier(AutoModel.from_pretrained(path / "backbone"), info["pooling"])
+        tokenizer_dir = path / "backbone"
     model.head.weight.data.copy_(load_file(str(path / "head.safetensors"))["weight"])
-    return model, AutoTokenizer.from_pretrained(path / "backbone")
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 def registry_rows() -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from w2s_ray.artifacts import stage_key
 from w2s_ray.config import (
     ConfigError,
     ExperimentConfig,
+    LoraConfig,
     LossConfig,
     ProbeConfig,
     SearchConfig,
@@ -80,7 +81,7 @@ def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: in
 
 def train_stage(
     role: str, model: ModelSpec, train: TrainConfig, loss: LossConfig, data: Stage, split: str,
-    labels: Stage | None = None, teacher: str = "", test_curves: int = 0,
+    labels: Stage | None = None, teacher: str = "", test_curves: int = 0, lora: LoraConfig | None = None,
 ) -> Stage:
     """Fine-tune on ``split``: GT labels if ``labels`` is None, else those weak labels.
 
@@ -95,6 +96,8 @@ def train_stage(
         "split": split,
         "targets": "gt" if labels is None else "weak",
     }
+    if lora is not None:  # only when set, so full fine-tuning keys never change
+        params["lora"] = lora.effective()
     if test_curves:
         params["monitor"] = "gt_test"
         if test_curves > 1:
@@ -103,7 +106,14 @@ def train_stage(
     source = "GT" if labels is None else f"labels of {teacher or 'weak'}"
     part = labels.params.get("slice") if labels is not None else None
     where = f"{split} slice {part[0] + 1}/{part[1]}" if part else split
-    return _stage("train", f"{role} {model.name} on {where} ({source}, {loss.label})", params, inputs, role)
+    how = f", LoRA r={lora.r}" if lora is not None else ""
+    return _stage("train", f"{role} {model.name} on {where} ({source}, {loss.label}{how})", params, inputs, role)
+
+
+def lora_config(cfg: ExperimentConfig, model: str) -> LoraConfig | None:
+    """The model's LoRA settings in this experiment (``lora_r`` > 0), or None: full fine-tuning."""
+    r = cfg.overrides_for(model).lora_r
+    return LoraConfig(r) if r else None
 
 
 INFER_ROLES = {"B": ("weak labels", "labels"), "val": ("validation weak labels", "val labels")}
@@ -126,10 +136,12 @@ SELECT_COLUMN = {"weak": "p1", "oracle": "label"}
 
 
 def search_stage(model: ModelSpec, train: TrainConfig, search: SearchConfig, data: Stage, labels: Stage,
-                 val_labels: Stage, teacher: str) -> Stage:
+                 val_labels: Stage, teacher: str, lora: LoraConfig | None = None) -> Stage:
     """An alpha search for one (weak, strong) cell: many logconf students, one selected on validation."""
     params = {"model": model.effective(), "train": asdict(train), "loss": {"name": "logconf"}, "split": "B",
               "targets": "weak", "search": asdict(search)}
+    if lora is not None:
+        params["lora"] = lora.effective()
     inputs = {"data": data.key, "labels": labels.key, "val_labels": val_labels.key}
     return _stage("search", f"alpha search {model.name} on labels of {teacher} (objective {search.objective})",
                   params, inputs, "search")
@@ -165,7 +177,7 @@ def search_trial_stage(search: Stage, alpha_max: float, warmup_frac: float, lr: 
         return _stage("probe", name, params, dict(search.inputs), "search trial")
     train = dict(p["train"], **({"lr": round(lr, 8)} if lr is not None else {}))
     params = {"model": p["model"], "train": train, "loss": loss.effective(), "split": "B", "targets": "weak",
-              "select": select}
+              "select": select} | ({"lora": p["lora"]} if "lora" in p else {})
     name = (f"trial {p['model']['name']} a={loss.alpha_max:g} w={loss.warmup_frac:g}"
             + (f" lr={train['lr']:.2g}" if lr is not None else "") + f" ({objective})")
     return _stage("train", name, params, dict(search.inputs), "search trial")
@@ -305,7 +317,7 @@ class RoleStages:
             return self.plan.add(probe_stage(role, self.model, self.cfg.probe, self.cfg.split.seed, loss,
                                              self.features, self.data, split, labels, teacher))
         return self.plan.add(train_stage(role, self.model, self.train, loss, self.data, split, labels, teacher,
-                                         test_curves))
+                                         test_curves, lora_config(self.cfg, self.model.name)))
 
     def predict(self, role: str, fitted: Stage, split: str) -> Stage:
         if self.mode == "probe":
@@ -316,7 +328,8 @@ class RoleStages:
         if self.mode == "probe":
             return self.plan.add(probe_search_stage(self.model, self.cfg.probe, self.cfg.split.seed, search,
                                                     self.features, self.data, labels, val_labels, teacher))
-        return self.plan.add(search_stage(self.model, self.train, search, self.data, labels, val_labels, teacher))
+        return self.plan.add(search_stage(self.model, self.train, search, self.data, labels, val_labels, teacher,
+                                          lora_config(self.cfg, self.model.name)))
 
 
 def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
@@ -365,7 +378,8 @@ def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage,
         last = j == len(models) - 1
         train = strong_train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)
         teacher = plan.add(train_stage("student" if last else "bootstrap", model, train, cfg.loss, data, "B",
-                                       labels, teacher_model.name, cfg.test_curves if last else 0))
+                                       labels, teacher_model.name, cfg.test_curves if last else 0,
+                                       lora_config(cfg, model.name)))
         teacher_model = model
     return first, teacher
 
@@ -399,19 +413,33 @@ def naive_trainings(configs: list[ExperimentConfig]) -> int:
     return 3 * len(configs)
 
 
+def gpu_need(stage: Stage) -> dict[str, Any] | None:
+    """The GPUs one trial of a training stage needs (presets.trial_resources), None for a model of unknown size."""
+    from w2s_ray.presets import trial_resources
+
+    model = stage.params["model"]
+    if not model["source"].startswith("hub:"):
+        return None
+    return trial_resources(resolve_model(model["name"]), minibatch_size=stage.params["train"]["minibatch_size"],
+                           max_len=stage.params["train"]["max_len"], lora=bool(stage.params.get("lora")))
+
+
+def check_gpu_fit(plan: Plan) -> None:
+    """Refuse, before anything starts, a plan with a GPU training that its trial could not run."""
+    for stage in plan.stages.values():
+        need = gpu_need(stage) if stage.kind in ("train", "search") else None
+        if need is not None and not need["fits"]:
+            raise ConfigError(f"models.{stage.params['model']['name']}", f"{stage.name}: {need['refusal']}")
+
+
 def trial_request(stage: Stage, use_gpu: bool, num_workers: int, worker_cpus: float) -> str:
     """What one training trial of ``stage`` asks the cluster for, in words."""
     if not use_gpu:
         return f"{num_workers} worker(s) x {worker_cpus:g} CPU"
-    from w2s_ray.models import resolve_model
-    from w2s_ray.presets import trial_resources
 
-    model = stage.params["model"]
-    spec = resolve_model(model["name"]) if model["source"].startswith("hub:") else None
-    if spec is None:
+    need = gpu_need(stage)
+    if need is None:
         return f"{num_workers} worker(s) x 1 GPU"
-    need = trial_resources(spec, minibatch_size=stage.params["train"]["minibatch_size"],
-                           max_len=stage.params["train"]["max_len"])
     if not need["fits"]:
         return "does not fit one node"
     gb = f", ~{need['per_gpu_gb']:g} GB/GPU" if need["per_gpu_gb"] is not None else ""

@@ -93,16 +93,17 @@ def finetune_memory_gb(
 
 def trial_resources(
     spec: ModelSpec, gpu_mem_gb: float = 80.0, *, minibatch_size: int | None = None,
-    max_len: int | None = None, max_gpus: int = 8,
+    max_len: int | None = None, max_gpus: int = 8, lora: bool = False,
 ) -> dict[str, Any]:
     """What one training trial of ``spec`` needs on GPUs of ``gpu_mem_gb`` GB.
 
-    Tries, in order: one GPU (gradient checkpointing only if needed); FSDP
-    full sharding over 2, 4 or 8 GPUs of one node (up to ``max_gpus``); LoRA
-    on one GPU. Each Train worker holds one GPU, so ``num_workers`` is the
-    trial's GPU count. A model of unknown size gets one GPU and
-    ``per_gpu_gb`` None. ``minibatch_size``/``max_len`` default to the spec's;
-    the planner should pass its effective TrainConfig values.
+    Full fine-tuning tries, in order: one GPU (gradient checkpointing only if
+    needed); FSDP full sharding over 2, 4 or 8 GPUs of one node (up to
+    ``max_gpus``). ``lora``: LoRA on one GPU. Each Train worker holds one GPU,
+    so ``num_workers`` is the trial's GPU count. A model of unknown size gets
+    one GPU and ``per_gpu_gb`` None. Where nothing fits, ``refusal`` says why
+    and what would. ``minibatch_size``/``max_len`` default to the spec's; the
+    planner should pass its effective TrainConfig values.
     """
     mb, seq = _tokens(spec, minibatch_size, max_len)
     sizing = {"minibatch_size": mb, "max_len": seq}
@@ -112,14 +113,22 @@ def trial_resources(
                            "full_ft_gb": _round(finetune_memory_gb(spec, **sizing))}
     if out["params_m"] is None:
         return out | _plan("single", 1, None, checkpointing=False)
-    options = [("single", 1)] + [("fsdp", w) for w in FSDP_WIDTHS if w <= max_gpus] + [("lora", 1)]
+    options = [("lora", 1)] if lora else [("single", 1)] + [("fsdp", w) for w in FSDP_WIDTHS if w <= max_gpus]
     for strategy, workers in options:
         for checkpointing in (False, True):
             gb = finetune_memory_gb(spec, **sizing, shards=workers, checkpointing=checkpointing,
                                     lora=strategy == "lora")
             if gb <= usable:
                 return out | _plan(strategy, workers, gb, checkpointing)
-    return out | _plan("none", 0, None, checkpointing=True)
+    lora_gb = finetune_memory_gb(spec, **sizing, checkpointing=True, lora=True)
+    if lora:
+        why = f"does not fit one {gpu_mem_gb:g} GB GPU even with LoRA (estimate {_round(lora_gb)} GB)"
+    elif lora_gb <= usable:
+        why = (f"does not fit the GPUs of one node with full fine-tuning (estimate {out['full_ft_gb']} GB); "
+               f"LoRA fits ({_round(lora_gb)} GB): set lora_r in the spec's train (or --lora-r 8)")
+    else:
+        why = f"does not fit one node, with full fine-tuning or LoRA (estimate {out['full_ft_gb']} GB)"
+    return out | _plan("none", 0, None, checkpointing=True) | {"refusal": f"{spec.name} {why}"}
 
 
 def _round(gb: float | None) -> float | None:

@@ -39,8 +39,7 @@ class FeatureExtractor:
     """A Ray Data actor: loads the pretrained backbone once, returns pooled features per row."""
 
     def __init__(self, model: dict[str, Any], max_len: int, threads: int | None):
-        from w2s_ray.models import load_pretrained
-        from w2s_ray.train import model_spec
+        from w2s_ray.models import load_pretrained, model_spec
 
         if threads:
             torch.set_num_threads(threads)

@@ -276,6 +276,7 @@ class Scheduler:
         self.t0 = time.perf_counter()
         self.last_poll = self.last_status = 0.0
         self.cost_done = 0.0
+        self.on_commit: Callable[[Stage, dict[str, Any]], None] | None = None  # see execute()
 
     # -- the loop --------------------------------------------------------------------------------
     def now(self) -> float:
@@ -338,6 +339,8 @@ class Scheduler:
         self.report.phases.append((stage.name, self.started[key], self.now()))
         self.cost_done += self.flow.cost.get(key, 0.0)
         self.say(f"{stage.name}: {self.runners[stage.kind].describe(stage, meta)} ({seconds:.1f}s)")
+        if self.on_commit is not None:
+            self.on_commit(stage, meta)
 
     def failed(self, key: str, cause: str, log: str | None = None) -> None:
         stage = self.plan.stages[key]
@@ -536,18 +539,22 @@ class _TrainingEvents:
 
 
 def execute(plan: Plan, store: ArtifactStore, resources: Resources, storage_path: str,
-            progress: Progress = print, runners: dict[str, Runner] | None = None) -> ExecutionReport:
+            progress: Progress = print, runners: dict[str, Runner] | None = None,
+            on_commit: Callable[[Stage, dict[str, Any]], None] | None = None) -> ExecutionReport:
     """Run every stage of ``plan`` whose artifact is missing; → what ran, loaded, failed and was blocked.
 
     Never raises for a stage's failure (the report holds it); Ctrl-C raises
     KeyboardInterrupt. ``runners`` replaces :data:`~w2s_ray.runners.RUNNERS`
     (the simulated-cluster benchmark sleeps instead of training).
+    ``on_commit`` sees each stage this run committed, with its manifest's
+    meta (experiment tracking); it must not raise.
     """
     from w2s_ray.runtime import ensure_ray
 
     if "://" not in storage_path:  # Tune and Train need an absolute path (or a URI)
         storage_path = str(Path(storage_path).expanduser().resolve())
     sched = Scheduler(plan, store, resources, storage_path, progress, runners or RUNNERS)
+    sched.on_commit = on_commit
     for key in sched.report.cached:
         sched.say(f"{plan.stages[key].name}: loaded from artifact {key}")
     todo = [s for k, s in plan.stages.items() if sched.flow.state[k] == State.WAITING]

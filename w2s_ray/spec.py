@@ -113,6 +113,7 @@ class TrainSpec:
     minibatch_size: int | None = None
     epochs: int | None = None
     max_len: int | None = None
+    lora_r: int | None = None  # > 0: LoRA adapters of this rank (peft); 0: full fine-tuning
 
     def overrides(self) -> TrainOverrides:
         return TrainOverrides(**dataclasses.asdict(self))
@@ -140,7 +141,7 @@ class FinetuneSpec:
     strong: Literal["full", "probe"] = "full"
 
 
-PART_FIXED = ("name", "resources", "parts")  # sweep-wide: a part cannot change them
+PART_FIXED = ("name", "resources", "tracking", "parts")  # sweep-wide: a part cannot change them
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class SweepSpec:
     # students log GT test accuracy (analysis only, never selected on): true = once per epoch, N = N per epoch
     test_curves: Union[bool, int] = False
     description: str = ""
+    tracking: Literal["mlflow", "wandb", "tensorboard"] | None = None  # log trainings and cells (w2s_ray.tracking)
     # grids whose union is the sweep: each part is a mapping of spec fields (all but name, resources and
     # parts) that replace the top level's for that grid; cells that two parts share run once
     parts: list[dict[str, Any]] = field(default_factory=list)
@@ -445,8 +447,10 @@ def _prefixed(path: str, fn: Any, *args: Any) -> Any:
 def _check_positive_fields(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if f.name != "n_val" and v is not None and not v > 0:  # n_val may be 0: no validation split
+        if f.name not in ("n_val", "lora_r") and v is not None and not v > 0:  # 0: no validation split / no LoRA
             raise ConfigError(f.name, f"{v!r} must be positive")
+        if f.name == "lora_r" and v is not None and v < 0:
+            raise ConfigError(f.name, f"{v!r} must be 0 (full fine-tuning) or a positive rank")
     if isinstance(obj, TrainSpec) and obj.lr is not None and obj.lr >= 1:
         raise ConfigError("lr", f"{obj.lr!r} is outside (0, 1)")
 

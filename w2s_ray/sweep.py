@@ -61,24 +61,32 @@ class SweepResult:
 
 
 def run_plan(plan: Plan, layout: Layout, resources: Resources, run_info: dict[str, Any],
-             progress: Progress = print, report: bool = True) -> SweepResult:
+             progress: Progress = print, report: bool = True, tracker: Any = None) -> SweepResult:
     """Execute ``plan`` (skipping committed stages), then write results and figures.
 
     Every complete cell gets its row; a cell that needs a stage that failed
     (or was blocked by one) gets a row with ``status`` failed / blocked and
     the reason, so a sweep with one broken cell still reports all the others.
+    ``tracker`` (:class:`~w2s_ray.tracking.Tracker`) logs each training this
+    run commits and each cell it completes.
     """
+    from w2s_ray.plan import cell_stage_keys
     from w2s_ray.results import aggregate, cell_row, incomplete_row, trial_rows, write_results
     from w2s_ray.scheduler import execute
 
     store = ArtifactStore(layout.store_uri)
     t0 = time.perf_counter()
-    done = execute(plan, store, resources, layout.ray_storage, progress=progress)
+    done = execute(plan, store, resources, layout.ray_storage, progress=progress,
+                   on_commit=tracker.stage if tracker is not None else None)
     rows = []
     for cell in plan.cells:
         status, reason = cell_status(plan, cell, done.failed, done.blocked)
         rows.append(cell_row(store, cell) if status == "ok" else incomplete_row(cell, status, reason))
     complete = [(cell, row) for cell, row in zip(plan.cells, rows) if row["status"] == "ok"]
+    if tracker is not None:  # cells this run finished (a resumed sweep does not log a cell twice)
+        for cell, row in complete:
+            if set(cell_stage_keys(cell)) & set(done.ran):
+                tracker.cell(row)
     trials = [t for cell, row in complete for t in trial_rows(store, cell, row)]
     seconds = time.perf_counter() - t0
     info = {**run_info, "stages_run": len(done.ran), "stages_loaded": len(done.cached),

@@ -34,10 +34,11 @@ from w2s_ray.losses import (
 )
 from w2s_ray.models import (
     Classifier,
-    ModelSpec,
+    apply_lora,
     enable_checkpointing,
     load_classifier,
     load_pretrained,
+    model_spec,
     save_classifier,
 )
 
@@ -59,17 +60,12 @@ class LoopConfig:
     parallel: str = "ddp"  # ddp, or fsdp for models that do not fit one GPU (see presets.trial_resources)
     gradient_checkpointing: bool = False
     monitor: int = 0  # GT test accuracy points per epoch (analysis only: never reported as the objective)
+    lora: dict[str, Any] | None = None  # low-rank adapters (see config.LoraConfig); None: every weight trains
     sources: dict[str, dict[str, Any]] | None = None  # tables read in memory (see ingest); others are Ray Data shards
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.n_rows / self.train["batch_size"])
-
-
-def model_spec(effective: dict[str, Any]) -> ModelSpec:
-    """Rebuild the spec from a stage's effective model params."""
-    return ModelSpec(effective["name"], effective["source"], num_layers=effective["num_layers"],
-                     revision=effective["revision"], trust_remote_code=effective["trust_remote_code"])
 
 
 def encode(tokenizer: Any, texts: Sequence[str], max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -162,10 +158,10 @@ def gpu_plan(params: dict[str, Any], resources: Any) -> dict[str, Any]:
         spec = resolve_model(params["model"]["name"])
     except Exception:  # a local path: no estimate, keep the profile
         return plan
-    need = trial_resources(spec, minibatch_size=params["train"]["minibatch_size"], max_len=params["train"]["max_len"])
-    if not need["fits"] or need["strategy"] == "lora":
-        raise RuntimeError(f"{spec.name} does not fit the GPUs of one node with full fine-tuning "
-                           f"(estimate {need['full_ft_gb']} GB); LoRA is not supported yet")
+    need = trial_resources(spec, minibatch_size=params["train"]["minibatch_size"], max_len=params["train"]["max_len"],
+                           lora=bool(params.get("lora")))
+    if not need["fits"]:
+        raise RuntimeError(need["refusal"])
     plan["num_workers"] = max(resources.num_workers, need["num_workers"])
     plan["parallel"] = "fsdp" if need["fsdp"] else "ddp"
     plan["gradient_checkpointing"] = bool(need["gradient_checkpointing"])
@@ -231,18 +227,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resume: weights, optimizer, schedule and epoch
         with checkpoint.as_directory() as d:
-            model, tokenizer = load_classifier(Path(d) / MODEL_DIR)
+            model, tokenizer = load_classifier(Path(d) / MODEL_DIR, trainable=True)
             state = torch.load(Path(d) / TRAIN_STATE, weights_only=True)
             history = json.loads((Path(d) / "history.json").read_text())
     else:
         model, tokenizer = load_pretrained(model_spec(cfg.model))
+        if cfg.lora:
+            model = apply_lora(model, cfg.lora)
         state, history = None, []
     if cfg.gradient_checkpointing:
         enable_checkpointing(model.backbone)
     model = ray.train.torch.prepare_model(model, parallel_strategy=cfg.parallel if ctx.get_world_size() > 1
                                           else None)
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train["lr"], weight_decay=cfg.train["weight_decay"])
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: adapters and head only
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train["lr"], weight_decay=cfg.train["weight_decay"],
+                                  fused=device.type == "cuda")  # one kernel per step instead of one per tensor
     total_steps = cfg.train["epochs"] * math.ceil(cfg.steps_per_epoch / max(ctx.get_world_size(), 1))
     scheduler = cosine_schedule(optimizer, total_steps)
     start_epoch = 0
@@ -326,6 +326,7 @@ def fit_train_stage(
                       torch_threads=torch_threads, select=select, parallel=gpu["parallel"],
                       gradient_checkpointing=gpu["gradient_checkpointing"],
                       monitor=params.get("monitor_points", 1) if "monitor" in sources else 0,
+                      lora=params.get("lora"),
                       sources=memory)
     trainer = TorchTrainer(
         train_loop_per_worker,
