@@ -139,3 +139,36 @@ def test_build_without_meta_raises_and_commits_nothing(tmp_path):
             (build.dir / "a.txt").write_text("alpha")
     assert not store.exists(key) and not Path(store.path(key)).exists()
     assert not _leftovers(store)
+
+
+def _age(root: Path, seconds: float = 60.0) -> None:
+    """Set every file's mtime ``seconds`` back (as if committed a while ago)."""
+    import os
+    import time
+
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (time.time() - seconds, time.time() - seconds))
+
+
+def test_a_verified_local_artifact_is_not_hashed_again_until_a_file_changes(tmp_path, monkeypatch):
+    import w2s_ray.artifacts as artifacts
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    src = tmp_path / "src"
+    (src / "model").mkdir(parents=True)
+    (src / "model" / "weights.bin").write_bytes(b"\x01" * 4096)
+    (src / "history.json").write_text("[]")
+    store.commit("train-" + "a" * 24, src, {})
+    key, obj = "train-" + "a" * 24, tmp_path / "store" / "objects" / ("train-" + "a" * 24)
+    hashed: list[str] = []
+    real = artifacts.file_sha256
+    monkeypatch.setattr(artifacts, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    assert store.exists(key) and len(hashed) == 2  # files younger than the stamp's minimum age: in full
+    _age(obj)
+    hashed.clear()
+    assert store.exists(key) and len(hashed) == 2  # verified in full once, stamped
+    assert store.exists(key) and store.exists(key) and len(hashed) == 2  # then trusted
+    (obj / "model" / "weights.bin").write_bytes(b"\x02" * 4096)  # same size, new content
+    _age(obj, 30.0)
+    assert not store.exists(key)  # the stamp no longer matches: verified in full, and the damage is found

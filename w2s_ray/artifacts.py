@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+STAMP_MIN_AGE_S = 2.0  # see ArtifactStore._stamp
+VERIFIED = ".verified"  # a local artifact's verification stamp (see ArtifactStore._verify); not in its manifest
 _KEY_RE = re.compile(r"^[a-z]+-[0-9a-f]{24}$")
 
 
@@ -204,10 +206,47 @@ class ArtifactStore:
     def exists(self, key: str) -> bool:
         return self.manifest(key) is not None
 
+    def _stamp(self, key: str, m: Manifest, text: str) -> str | None:
+        """What a local artifact's verification vouches for: its manifest and each file's size and mtime.
+
+        None while a file is younger than :data:`STAMP_MIN_AGE_S`: a rewrite within the file system's
+        timestamp tick would keep the mtime, so such a file is verified in full until it is older.
+        """
+        h, now = hashlib.sha256(text.encode()), time.time_ns()
+        for rel in sorted(m.files):
+            st = os.stat(self.path(key, rel))
+            if now - st.st_mtime_ns < STAMP_MIN_AGE_S * 1e9:
+                return None
+            h.update(f"\0{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
+    def _trusted(self, key: str, m: Manifest, text: str) -> bool:
+        """A local artifact verified before and untouched since (same stamp): no need to re-read every byte."""
+        try:
+            stamp = self._stamp(key, m, text)
+            return stamp is not None and Path(self.path(key, VERIFIED)).read_text() == stamp
+        except OSError:  # no record yet, or a file is gone (then full verification says which)
+            return False
+
+    def _record_verified(self, key: str, m: Manifest, text: str) -> None:
+        try:
+            stamp = self._stamp(key, m, text)
+            if stamp is None:
+                return
+            record = Path(self.path(key, VERIFIED))
+            tmp = record.with_name(f"{VERIFIED}.{uuid.uuid4().hex}")
+            tmp.write_text(stamp)
+            tmp.replace(record)
+        except OSError:  # a read-only store: verify in full next time
+            pass
+
     def _verify(self, key: str, m: Manifest, text: str) -> bool:
-        """Sizes, then sha256: read locally every time; streamed once per manifest on remote stores."""
+        """Sizes, then sha256, once: locally a stamp of sizes and mtimes records it; remotely, once per
+        manifest per store object (streamed)."""
         memo = hashlib.sha256(text.encode()).hexdigest()
         if not self.is_local and memo in self._verified:
+            return True
+        if self.is_local and self._trusted(key, m, text):
             return True
         for rel, info in m.files.items():
             try:
@@ -228,6 +267,8 @@ class ArtifactStore:
                 return False
         if not self.is_local:
             self._verified.add(memo)
+        else:
+            self._record_verified(key, m, text)
         return True
 
     def local_dir(self, key: str) -> Path:
@@ -330,7 +371,8 @@ class ArtifactStore:
         for rel in manifest.files:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, staging / rel)
-        (staging / MANIFEST).write_text(manifest.to_json())
+        text = manifest.to_json()
+        (staging / MANIFEST).write_text(text)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             if self.manifest(key) is not None:  # a concurrent writer won; same content
@@ -340,6 +382,7 @@ class ArtifactStore:
             os.replace(final, graveyard)
             shutil.rmtree(graveyard, ignore_errors=True)
         os.replace(staging, final)
+        self._record_verified(key, manifest, text)  # checksummed from the source just now
 
     def _commit_remote(self, key: str, src: Path, manifest: Manifest) -> None:
         base = self.path(key)
