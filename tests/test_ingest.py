@@ -70,3 +70,26 @@ def test_epoch_order_is_a_permutation():
 @pytest.mark.parametrize("rows,expected", [(ingest.IN_MEMORY_ROWS, True), (ingest.IN_MEMORY_ROWS + 1, False)])
 def test_route_by_size(rows, expected):
     assert Source("x.parquet", ("text", "label"), rows).in_memory is expected
+
+
+def test_length_buckets_keep_every_row_once_and_cut_padding():
+    from w2s_ray.ingest import length_bucketed
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.integers(1, 700), st.integers(1, 40), st.integers(0, 5))
+    def check(n, batch, seed):
+        lengths = np.random.default_rng(seed).integers(1, 300, n)
+        order = epoch_order(n, seed, 0)
+        bucketed = length_bucketed(order, lengths, batch, seed, 0)
+        assert sorted(bucketed.tolist()) == list(range(n))  # a permutation: every row once per epoch
+        assert np.array_equal(bucketed, length_bucketed(order, lengths, batch, seed, 0))  # seeded
+
+    check()
+    lengths = np.random.default_rng(0).integers(1, 300, 2000)
+    order = epoch_order(2000, 0, 0)
+
+    def padded(o):  # tokens a batch pads to: its longest row times its rows
+        return sum(lengths[o[i:i + 32]].max() * len(o[i:i + 32]) for i in range(0, len(o), 32))
+
+    assert padded(length_bucketed(order, lengths, 32, 0, 0)) < 0.7 * padded(order)
+    assert not np.array_equal(length_bucketed(order, lengths, 32, 0, 0), length_bucketed(order, lengths, 32, 0, 1))

@@ -57,6 +57,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minibatch-size", type=int, help="gradient accumulation unit (divides batch size)")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank for the strong model's trainings (ceiling and "
                    "student; peft adapters, the head trains in full); 0: full fine-tuning (default)")
+    p.add_argument("--length-buckets", action="store_true", help="batch training rows of similar length "
+                   "together (less padding; different batches, so different stage keys)")
     p.add_argument("--tracking", choices=TRACKERS, help="also log every training and the cell's result to MLflow "
                    "(local store OUT/mlruns unless MLFLOW_TRACKING_URI is set), W&B or TensorBoard (OUT/tensorboard)")
     p.add_argument("--out", default="runs", help="output folder: store/, ray/ and results/ (default: runs)")
@@ -103,7 +105,8 @@ def experiment_from_args(a: argparse.Namespace) -> ExperimentConfig:
         strong=a.strong,
         loss=LossConfig(a.loss, a.alpha_max, a.warmup_frac),
         split=SplitConfig(a.seed, a.n_weak, a.n_strong, a.n_test),
-        train=TrainOverrides(a.lr, a.batch_size, a.minibatch_size, a.epochs, a.max_len),
+        train=TrainOverrides(a.lr, a.batch_size, a.minibatch_size, a.epochs, a.max_len,
+                             length_buckets=a.length_buckets or None),
         model_train=((a.strong, TrainOverrides(lora_r=a.lora_r)),) if a.lora_r else (),
     )
 

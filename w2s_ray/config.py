@@ -204,6 +204,7 @@ class TrainOverrides:
     epochs: int | None = None
     max_len: int | None = None
     lora_r: int | None = None  # > 0: train low-rank adapters (peft) instead of every weight; 0: full
+    length_buckets: bool | None = None  # batch rows of similar length together (less padding)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,26 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng(epoch_seed(seed, epoch)).permutation(n_rows)
 
 
+BUCKET_WINDOW = 50  # batches whose rows are sorted by length together
+
+
+def length_bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """``order`` regrouped so each batch holds rows of similar length (less padding), still seeded-random.
+
+    The shuffled rows are cut into windows of ``BUCKET_WINDOW`` batches; each
+    window is sorted by length and cut into batches; then the batches of the
+    epoch are shuffled, so long and short batches alternate at random.
+    """
+    window = BUCKET_WINDOW * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng = np.random.default_rng(epoch_seed(seed, epoch) + 1)
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))]) if batches else order
+
+
 def read_table(uri: str, columns: list[str]) -> Any:
     """A parquet file or folder (local path or ``pyarrow.fs`` URI) as a pyarrow Table."""
     import pyarrow.parquet as pq
@@ -117,8 +137,9 @@ class Ingest:
 
         return ray.train.get_dataset_shard(self.name)
 
-    def epoch(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        """Shuffled training batches of one epoch."""
+    def epoch(self, epoch: int, batch_size: int, seed: int, buckets: bool = False) -> Iterator[Batch]:
+        """Shuffled training batches of one epoch; ``buckets``: rows of similar text length batched together
+        (memory route; a streamed table shuffles within its buffer only)."""
         if self.source is None:
             yield from self._shard().iter_batches(batch_size=batch_size, batch_format="numpy",
                                                   local_shuffle_buffer_size=SHUFFLE_BUFFER,
@@ -127,6 +148,9 @@ class Ingest:
         self.load()
         assert self.rows is not None
         order = epoch_order(len(self.rows[self.source["columns"][0]]), seed, epoch)
+        if buckets and "text" in self.rows:  # each rank's share of a bucketed order stays bucketed
+            lengths = np.fromiter((len(t) for t in self.rows["text"]), dtype=np.int64, count=len(order))
+            order = length_bucketed(order, lengths, batch_size * self.world, seed, epoch)
         if self.world > 1 and len(order):
             order = np.resize(order, -(-len(order) // self.world) * self.world)[self.rank::self.world]
         for i in range(0, len(order), batch_size):

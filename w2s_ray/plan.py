@@ -82,6 +82,7 @@ def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: in
 def train_stage(
     role: str, model: ModelSpec, train: TrainConfig, loss: LossConfig, data: Stage, split: str,
     labels: Stage | None = None, teacher: str = "", test_curves: int = 0, lora: LoraConfig | None = None,
+    buckets: bool = False,
 ) -> Stage:
     """Fine-tune on ``split``: GT labels if ``labels`` is None, else those weak labels.
 
@@ -98,6 +99,8 @@ def train_stage(
     }
     if lora is not None:  # only when set, so full fine-tuning keys never change
         params["lora"] = lora.effective()
+    if buckets:  # likewise
+        params["length_buckets"] = True
     if test_curves:
         params["monitor"] = "gt_test"
         if test_curves > 1:
@@ -317,7 +320,8 @@ class RoleStages:
             return self.plan.add(probe_stage(role, self.model, self.cfg.probe, self.cfg.split.seed, loss,
                                              self.features, self.data, split, labels, teacher))
         return self.plan.add(train_stage(role, self.model, self.train, loss, self.data, split, labels, teacher,
-                                         test_curves, lora_config(self.cfg, self.model.name)))
+                                         test_curves, lora_config(self.cfg, self.model.name),
+                                         bool(self.cfg.overrides_for(self.model.name).length_buckets)))
 
     def predict(self, role: str, fitted: Stage, split: str) -> Stage:
         if self.mode == "probe":
@@ -379,7 +383,7 @@ def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage,
         train = strong_train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)
         teacher = plan.add(train_stage("student" if last else "bootstrap", model, train, cfg.loss, data, "B",
                                        labels, teacher_model.name, cfg.test_curves if last else 0,
-                                       lora_config(cfg, model.name)))
+                                       lora_config(cfg, model.name), bool(cfg.overrides_for(model.name).length_buckets)))
         teacher_model = model
     return first, teacher
 

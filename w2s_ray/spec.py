@@ -114,6 +114,7 @@ class TrainSpec:
     epochs: int | None = None
     max_len: int | None = None
     lora_r: int | None = None  # > 0: LoRA adapters of this rank (peft); 0: full fine-tuning
+    length_buckets: bool | None = None  # batch rows of similar length together: less padding, other batches
 
     def overrides(self) -> TrainOverrides:
         return TrainOverrides(**dataclasses.asdict(self))
@@ -447,7 +448,7 @@ def _prefixed(path: str, fn: Any, *args: Any) -> Any:
 def _check_positive_fields(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if f.name not in ("n_val", "lora_r") and v is not None and not v > 0:  # 0: no validation split / no LoRA
+        if f.name not in ("n_val", "lora_r", "length_buckets") and v is not None and not v > 0:  # 0: no validation split / no LoRA
             raise ConfigError(f.name, f"{v!r} must be positive")
         if f.name == "lora_r" and v is not None and v < 0:
             raise ConfigError(f.name, f"{v!r} must be 0 (full fine-tuning) or a positive rank")

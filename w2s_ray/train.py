@@ -61,6 +61,7 @@ class LoopConfig:
     gradient_checkpointing: bool = False
     monitor: int = 0  # GT test accuracy points per epoch (analysis only: never reported as the objective)
     lora: dict[str, Any] | None = None  # low-rank adapters (see config.LoraConfig); None: every weight trains
+    length_buckets: bool = False  # batch rows of similar length together (less padding; see ingest)
     sources: dict[str, dict[str, Any]] | None = None  # tables read in memory (see ingest); others are Ray Data shards
 
     @property
@@ -77,11 +78,13 @@ def optimizer_step(
     model: torch.nn.Module, tokenizer: Any, texts: np.ndarray, targets: torch.Tensor,
     cfg: LoopConfig, progress: float, optimizer: torch.optim.Optimizer, device: torch.device,
     buffer: ThresholdBuffer | None = None,
-) -> tuple[float, float]:
+) -> tuple[torch.Tensor, float]:
     """One optimizer step over a batch, accumulating over minibatches. → (loss, alpha).
 
-    ``buffer`` (logconf with ``threshold_buffer``): the threshold comes from
-    the recent rows' predictions, this batch's included.
+    The loss stays a tensor on the device: reading it back (``float``) would
+    make the host wait for the GPU every step; the loop reads an epoch's mean
+    once. ``buffer`` (logconf with ``threshold_buffer``): the threshold comes
+    from the recent rows' predictions, this batch's included.
     """
     loss_fn = get_loss(cfg.loss["name"])
     alpha = alpha_at(progress, cfg.loss.get("alpha_max", 0.0), cfg.loss.get("warmup_frac", 0.0))
@@ -98,12 +101,12 @@ def optimizer_step(
         else:
             threshold, pos_frac = buffer.update(p1, targets)
     ctx = LossContext(alpha=alpha, threshold=threshold, pos_frac=pos_frac)
-    total = 0.0
+    total = torch.zeros((), device=device)
     for c in chunks:
         logits = model(**encode(tokenizer, texts[c], max_len, device))
         loss = loss_fn(logits, targets[c].to(device), ctx) * ((c.stop - c.start) / n)
         loss.backward()
-        total += float(loss.detach())
+        total += loss.detach()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total, alpha
@@ -271,7 +274,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     curve_after = curve_batches(total_steps // cfg.train["epochs"], cfg.monitor)
     for epoch in range(start_epoch, cfg.train["epochs"]):
         t0, losses, seen, alpha, curve = time.perf_counter(), [], 0, 0.0, []
-        for i, batch in enumerate(tables["train"].epoch(epoch, cfg.train["batch_size"], seed), 1):
+        for i, batch in enumerate(tables["train"].epoch(epoch, cfg.train["batch_size"], seed, cfg.length_buckets), 1):
             targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
             with precision(device):
                 loss, alpha = optimizer_step(model, tokenizer, batch["text"], targets, cfg,
@@ -282,7 +285,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i in curve_after:
                 curve.append(gt_test_point())
         seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"], "train_loss": float(np.mean(losses)),
+        metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"], "train_loss": float(torch.stack(losses).float().mean()),
                    "alpha": alpha, "step": scheduler.last_epoch, "samples": seen,
                    "samples_per_s": seen / seconds, "epoch_s": seconds}
         if epoch == start_epoch:  # model load, device placement, ingest of in-memory shards
@@ -326,7 +329,7 @@ def fit_train_stage(
                       torch_threads=torch_threads, select=select, parallel=gpu["parallel"],
                       gradient_checkpointing=gpu["gradient_checkpointing"],
                       monitor=params.get("monitor_points", 1) if "monitor" in sources else 0,
-                      lora=params.get("lora"),
+                      lora=params.get("lora"), length_buckets=bool(params.get("length_buckets")),
                       sources=memory)
     trainer = TorchTrainer(
         train_loop_per_worker,
