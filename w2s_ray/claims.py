@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from w2s_ray import metrics
-from w2s_ray.report import by_size
+from w2s_ray.presets import by_size
 
 POINT = ["dataset", "weak", "strong", "finetune", "loss", "method", "alpha_max"]  # a grid point, over seeds
 CLAIMS = {

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 from w2s_ray.models import ModelSpec
 
@@ -60,6 +60,23 @@ def params_m(spec: ModelSpec) -> float | None:
         return None
     number, unit = found[-1]
     return float(number) * (1000 if unit == "b" else 1)
+
+
+def size_of(name: str) -> float:
+    """Millions of parameters of a model as the CLI names it; NaN when unknown (e.g. a moved local path)."""
+    from w2s_ray.models import resolve_model
+
+    try:
+        size = params_m(resolve_model(name))
+    except Exception:  # noqa: BLE001  (any name that does not resolve has no size)
+        size = None
+    return float(size) if size is not None else math.nan
+
+
+def by_size(names: list[str], size: Callable[[str], float] = size_of) -> list[str]:
+    """Models smallest first (by ``size``, unknown sizes last, then in the given order)."""
+    names = list(dict.fromkeys(names))
+    return sorted(names, key=lambda n: (size(n) if not math.isnan(size(n)) else math.inf, names.index(n)))
 
 
 def _shape(spec: ModelSpec, p: float) -> tuple[int, int]:

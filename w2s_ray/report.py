@@ -51,15 +51,10 @@ def with_modes(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_size(name: str) -> float:
-    """Millions of parameters for plotting (a probe's backbone counts); NaN when unknown."""
-    from w2s_ray.models import resolve_model
-    from w2s_ray.presets import params_m
+    """Millions of parameters for plotting (a probe's backbone counts); NaN when unknown: plot by order."""
+    from w2s_ray.presets import size_of
 
-    try:
-        size = params_m(resolve_model(name.removesuffix(PROBE)))
-    except Exception:  # a local path that has moved: plot by order instead
-        size = None
-    return float(size) if size is not None else math.nan
+    return size_of(name.removesuffix(PROBE))
 
 
 def _pyplot():
@@ -71,15 +66,10 @@ def _pyplot():
     return plt
 
 
-def by_size(names: list[str]) -> list[str]:
-    """Models smallest first (by size, then in the given order)."""
-    names = list(dict.fromkeys(names))
-    return sorted(names, key=lambda n: (model_size(n) if not math.isnan(model_size(n)) else math.inf,
-                                        names.index(n)))
-
-
 def _ordered_models(cells: pd.DataFrame) -> list[str]:
-    return by_size(list(cells["weak"]) + list(cells["strong"]))
+    from w2s_ray.presets import by_size
+
+    return by_size(list(cells["weak"]) + list(cells["strong"]), model_size)
 
 
 def _save(fig, path: Path) -> Path:  # noqa: ANN001
