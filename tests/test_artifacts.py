@@ -172,3 +172,22 @@ def test_a_verified_local_artifact_is_not_hashed_again_until_a_file_changes(tmp_
     (obj / "model" / "weights.bin").write_bytes(b"\x02" * 4096)  # same size, new content
     _age(obj, 30.0)
     assert not store.exists(key)  # the stamp no longer matches: verified in full, and the damage is found
+
+
+def test_a_committed_artifact_copied_into_another_store_leaves_its_stamp_behind(tmp_path):
+    """The stamp belongs to one store's copy: committing an artifact's directory elsewhere never lists it."""
+    import os
+    import time
+
+    one, two = ArtifactStore(str(tmp_path / "one")), ArtifactStore(str(tmp_path / "two"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "rows.parquet").write_bytes(b"rows")
+    key = "data-" + "b" * 24
+    one.commit(key, src, {})
+    old = time.time() - 60
+    for p in (tmp_path / "one").rglob("*"):
+        os.utime(p, (old, old))
+    assert one.exists(key) and (Path(one.path(key)) / ".verified").is_file()
+    two.commit(key, Path(one.path(key)), {})
+    assert ".verified" not in two.manifest(key).files and two.exists(key)

@@ -318,7 +318,7 @@ class ArtifactStore:
         files = {
             p.relative_to(src).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(src.rglob("*"))
-            if p.is_file() and p.name != MANIFEST and p.relative_to(src).parts[0] not in exclude
+            if p.is_file() and p.name not in (MANIFEST, VERIFIED) and p.relative_to(src).parts[0] not in exclude
         }
         manifest = Manifest(key=key, files=files, meta=meta, created=time.time())
         if self.is_local:
