@@ -83,13 +83,17 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
     return path
 
 
-def plot_accuracy_vs_size(agg: pd.DataFrame, out: Path) -> Path:
-    plt = _pyplot()
+def _size_panels(agg: pd.DataFrame) -> tuple[Any, list[tuple[Any, tuple[str, str], pd.DataFrame]], dict[str, float]]:
+    """One panel per (dataset, loss) with strong-model size on x: (figure, [(axes, key, rows)], x of each model)."""
     panels = list(agg.groupby(["dataset", agg.apply(loss_label, axis=1)], sort=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    order = _ordered_models(agg)
-    x_of = {m: (model_size(m) if not math.isnan(model_size(m)) else i + 1) for i, m in enumerate(order)}
-    for ax, ((dataset, loss), g) in zip(axes[0], panels):
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    x_of = {m: (model_size(m) if not math.isnan(model_size(m)) else i + 1) for i, m in enumerate(_ordered_models(agg))}
+    return fig, [(ax, key, g) for ax, (key, g) in zip(axes[0], panels)], x_of
+
+
+def plot_accuracy_vs_size(agg: pd.DataFrame, out: Path) -> Path:
+    fig, panels, x_of = _size_panels(agg)
+    for ax, (dataset, loss), g in panels:
         probe = g["strong"].str.endswith(PROBE)
         for part, style, what in ((g[~probe], "-", ""), (g[probe], "--", ", probe")):  # one line per mode
             ceil = part.groupby("strong")["ceiling_acc_mean"].mean().sort_index(key=lambda s: s.map(x_of))
@@ -231,13 +235,9 @@ def plot_training_curves(cells: pd.DataFrame, out: Path) -> Path:
 
 def plot_pgr_vs_size(agg: pd.DataFrame, out: Path) -> Path:
     """Mean PGR against strong-model size, one line per weak model, error bars = each row's named interval."""
-    plt = _pyplot()
-    panels = list(agg.groupby(["dataset", agg.apply(loss_label, axis=1)], sort=False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    order = _ordered_models(agg)
-    x_of = {m: (model_size(m) if not math.isnan(model_size(m)) else i + 1) for i, m in enumerate(order)}
+    fig, panels, x_of = _size_panels(agg)
     methods = sorted({str(m) for m in agg.get("pgr_ci_method", pd.Series(dtype=str)).dropna()})
-    for ax, ((dataset, loss), g) in zip(axes[0], panels):
+    for ax, (dataset, loss), g in panels:
         probe = g["strong"].str.endswith(PROBE)
         for (weak, is_probe), gw in g.groupby(["weak", probe], sort=False):
             gw = gw.sort_values("strong", key=lambda s: s.map(x_of))
