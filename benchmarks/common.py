@@ -65,9 +65,9 @@ class Timer:
 
 def bare_train(params: dict[str, Any], rows: pd.DataFrame, target: str, threads: int) -> tuple[Any, Any, float]:
     """The engine's loop without Ray: same loader, loss step, AdamW, cosine schedule, batches, epochs."""
+    from w2s_ray.ingest import epoch_order
     from w2s_ray.losses import get_loss  # noqa: F401  (imported for parity with the worker)
     from w2s_ray.models import load_pretrained, model_spec
-    from w2s_ray.ingest import epoch_order
     from w2s_ray.train import LoopConfig, cosine_schedule, optimizer_step
 
     torch.set_num_threads(threads)

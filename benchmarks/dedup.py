@@ -18,13 +18,13 @@ import shutil
 import time
 from pathlib import Path
 
+import common  # noqa: F401  (environment + sys.path)
+
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.scheduler import execute
 from w2s_ray.plan import plan_experiments
+from w2s_ray.scheduler import execute
 from w2s_ray.spec import spec_from_dict
-
-import common  # noqa: F401  (environment + sys.path)
 
 WEAK = ["minilm-l6-1l", "minilm-l6-2l"]
 STRONG = ["minilm-l6-2l", "minilm-l3", "minilm-l6"]

@@ -22,10 +22,10 @@ from common import Timer, accuracy, bare_predict, bare_train, experiment, experi
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.runtime import local_concurrency
-from w2s_ray.scheduler import execute
 from w2s_ray.plan import plan_experiment
 from w2s_ray.results import cell_row
+from w2s_ray.runtime import local_concurrency
+from w2s_ray.scheduler import execute
 
 
 def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict[str, dict[str, float]], dict]:
@@ -43,7 +43,8 @@ def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict[str, dict[st
         by_role[role] = by_role.get(role, 0.0) + seconds
         if plan.stages[key].kind == "train":
             inside[role] = store.manifest(key, verify=False).meta["timing"]
-    print("\nengine timeline (s from the start; each stage from when the scheduler started it to when it was recorded done):")
+    print("\nengine timeline (s from the start; each stage from when the scheduler started it "
+          "to when it was recorded done):")
     for what, start, end in sorted(report.phases, key=lambda p: p[1]):
         print(f"  {start:7.1f} -> {end:7.1f}  ({end - start:6.1f}s)  {what}")
     return total, by_role, inside, cell_row(store, plan.cells[0])

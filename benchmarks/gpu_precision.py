@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -33,8 +34,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -191,13 +193,13 @@ def bench_size(name: str, a: argparse.Namespace, tok_dir: Path, files: list[str]
     rows = []
     for label, amp, ckpt in runs:
         cfg = loop_config(batch, mb, max_len, spec.lr)
-        rows.append(measure(label, lambda: train_steps(pristine, tok, texts, targets, cfg, device, amp, ckpt,
-                                                       a.warmup, a.steps)))
+        rows.append(measure(label, functools.partial(train_steps, pristine, tok, texts, targets, cfg, device, amp,
+                                                     ckpt, a.warmup, a.steps)))
         rows[-1].update(batch=batch, minibatch=mb, est_gb=finetune_memory_gb(spec, minibatch_size=mb, max_len=max_len,
                                                                              checkpointing=ckpt))
     cfg = loop_config(k, k, max_len, a.overfit_lr)  # precision(): bf16 on CUDA, fp32 on CPU, as in the engine
-    rows.append(measure("overfit", lambda: train_steps(pristine, tok, texts[:k], targets[:k], cfg, device, True,
-                                                       False, 0, a.overfit_steps)))
+    rows.append(measure("overfit", functools.partial(train_steps, pristine, tok, texts[:k], targets[:k], cfg, device,
+                                                     True, False, 0, a.overfit_steps)))
     rows[-1].update(batch=k, minibatch=k, est_gb=finetune_memory_gb(spec, minibatch_size=k, max_len=max_len))
     peak_flops = a.peak_tflops * 1e12 if device.type == "cuda" else math.nan
     for r in rows:
@@ -215,7 +217,7 @@ def report(df: pd.DataFrame) -> list[tuple[str, bool]]:
     for size, g in df.groupby("size", sort=False):
         v = g[~g.oom].set_index("config")
 
-        def at(config: str, col: str) -> float:
+        def at(config: str, col: str, v: pd.DataFrame = v) -> float:
             return float(v.at[config, col]) if config in v.index else math.nan
 
         print(f"{size}: tokens/s bf16/fp32 {at('bf16', 'tokens_per_s') / at('fp32', 'tokens_per_s'):.2f}; "

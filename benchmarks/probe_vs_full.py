@@ -17,14 +17,14 @@ import shutil
 import time
 from pathlib import Path
 
+import common
+
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.scheduler import execute
 from w2s_ray.plan import plan_experiments
 from w2s_ray.results import cell_row
+from w2s_ray.scheduler import execute
 from w2s_ray.spec import spec_from_dict
-
-import common  # noqa: F401  (environment + sys.path)
 
 ALPHAS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9]
 SECOND_GRID = [0.15, 0.35, 0.55, 0.8]

@@ -29,12 +29,12 @@ import yaml
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from w2s_ray.artifacts import ArtifactStore, stage_key  # noqa: E402
-from w2s_ray.config import Resources  # noqa: E402
-from w2s_ray.plan import Plan, Stage, plan_experiments  # noqa: E402
-from w2s_ray.runners import RUNNERS, Runner, StageContext  # noqa: E402
-from w2s_ray.scheduler import execute, stage_costs  # noqa: E402
-from w2s_ray.spec import load_spec  # noqa: E402
+from w2s_ray.artifacts import ArtifactStore, stage_key
+from w2s_ray.config import Resources
+from w2s_ray.plan import Plan, Stage, plan_experiments
+from w2s_ray.runners import RUNNERS, Runner, StageContext
+from w2s_ray.scheduler import execute, stage_costs
+from w2s_ray.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,8 @@ def main() -> None:
     seconds = {k: c * scale for k, c in costs.items()}
     trainings = sum(s.kind == "train" for s in plan.stages.values())
     print(f"plan: {len(plan.stages)} stages, {trainings} trainings (paper-nlp grid, {a.seeds} seeds); "
-          f"{a.gpus} simulated GPUs; training sleeps {min(seconds[k] for k in seconds if plan.stages[k].kind == 'train'):.1f}"
+          f"{a.gpus} simulated GPUs; training sleeps "
+          f"{min(seconds[k] for k in seconds if plan.stages[k].kind == 'train'):.1f}"
           f"-{max(seconds.values()):.1f} s (cost estimate x {scale:.3g})", flush=True)
     ray.init(num_cpus=a.gpus, num_gpus=a.gpus, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")

@@ -20,8 +20,8 @@ from common import bare_train, experiment, experiment_args
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
 from w2s_ray.data import build_data_artifact, resolve_dataset
-from w2s_ray.runtime import ensure_ray
 from w2s_ray.plan import plan_experiment
+from w2s_ray.runtime import ensure_ray
 from w2s_ray.train import fit_train_stage
 
 

@@ -61,8 +61,8 @@ def pipeline_run(ray_cluster, tmp_path_factory):
 
     from w2s_ray.artifacts import ArtifactStore
     from w2s_ray.config import Resources
-    from w2s_ray.scheduler import execute
     from w2s_ray.plan import plan_experiment
+    from w2s_ray.scheduler import execute
 
     out = tmp_path_factory.mktemp("pipeline")
     cfg = pipeline_config()
@@ -74,7 +74,7 @@ def pipeline_run(ray_cluster, tmp_path_factory):
     return SimpleNamespace(cfg=cfg, out=out, store=store, plan=plan, report=report, lines=lines)
 
 
-def shuffled_gt_files(tmp_path: Path, split) -> tuple[Path, Path]:  # noqa: ANN001
+def shuffled_gt_files(tmp_path: Path, split) -> tuple[Path, Path]:
     """Two dataset files of the same texts: as is, and with the GT label of every row outside half A
     flipped and permuted. Half A (the weak model's data) is identical in both, so anything computed
     without GT from B, validation or test must come out the same on both."""

@@ -115,18 +115,18 @@ def test_building_commits_files_and_meta(tmp_path):
         (build.dir / "skip.pt").write_text("optimizer state")
         build.meta = {"stage": "labels", "rows": 1}
     assert store.exists(key) and build.manifest == store.manifest(key)
-    assert set(build.manifest.files) == {"data/part-0.parquet"} and build.manifest.meta == {"stage": "labels", "rows": 1}
+    assert set(build.manifest.files) == {"data/part-0.parquet"}
+    assert build.manifest.meta == {"stage": "labels", "rows": 1}
     assert not _leftovers(store)
 
 
 def test_failed_build_commits_nothing_and_cleans_up(tmp_path):
     store = ArtifactStore(str(tmp_path / "store"))
     key = "infer-" + "34" * 12
-    with pytest.raises(KeyError):
-        with store.building(key) as build:
-            (build.dir / "half.parquet").write_bytes(b"half written")
-            build.meta = {"stage": "labels"}
-            raise KeyError("stage failed")
+    with pytest.raises(KeyError), store.building(key) as build:
+        (build.dir / "half.parquet").write_bytes(b"half written")
+        build.meta = {"stage": "labels"}
+        raise KeyError("stage failed")
     assert not store.exists(key) and not Path(store.path(key)).exists() and build.manifest is None
     assert not _leftovers(store)
 
@@ -134,9 +134,8 @@ def test_failed_build_commits_nothing_and_cleans_up(tmp_path):
 def test_build_without_meta_raises_and_commits_nothing(tmp_path):
     store = ArtifactStore(str(tmp_path / "store"))
     key = "infer-" + "56" * 12
-    with pytest.raises(RuntimeError, match="meta"):
-        with store.building(key) as build:
-            (build.dir / "a.txt").write_text("alpha")
+    with pytest.raises(RuntimeError, match="meta"), store.building(key) as build:
+        (build.dir / "a.txt").write_text("alpha")
     assert not store.exists(key) and not Path(store.path(key)).exists()
     assert not _leftovers(store)
 

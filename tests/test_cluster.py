@@ -7,8 +7,9 @@ No cloud credentials, no cluster, no Ray runtime: Ray's launcher schema and
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -149,7 +150,7 @@ def test_raycluster_keeps_trials_off_the_head_and_sizes_shm() -> None:
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
 
 
-def test_main_prints_one_line_per_file_and_sets_the_exit_code(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_main_prints_one_line_per_file_and_sets_the_exit_code(tmp_path: Path, capsys) -> None:
     assert cluster.main([]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(cluster.discover()) and all(line.endswith(": ok") for line in out)
@@ -161,7 +162,7 @@ def test_main_prints_one_line_per_file_and_sets_the_exit_code(tmp_path: Path, ca
     assert str(broken) in out[1] and "spec.entrypoint" in out[1]
 
 
-def test_main_accepts_a_folder(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_main_accepts_a_folder(tmp_path: Path, capsys) -> None:
     (tmp_path / "kuberay").mkdir()
     (tmp_path / "kuberay" / "rayjob.yaml").write_text(RAYJOB.read_text())
     assert cluster.main([str(tmp_path)]) == 0

@@ -22,7 +22,7 @@ def test_lora_trains_adapters_and_head_only_and_reloads_to_the_same_logits(asset
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable < 0.02 * full_trainable
     with torch.no_grad():  # move the adapters and head off their initial values, as training would
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
     batch = tokenizer(["a fine film", "a dreadful, dull film"], return_tensors="pt", padding=True)

@@ -110,9 +110,9 @@ def test_product_target_is_detached_and_normalised():
 from w2s_ray.losses import ThresholdBuffer, entropy, kl  # noqa: E402
 
 
-def _grad(fn, logits, weak, ctx=LossContext()):
+def _grad(fn, logits, weak, ctx=None):
     z = logits.clone().requires_grad_(True)
-    fn(z, weak, ctx).backward()
+    fn(z, weak, ctx or LossContext()).backward()
     return z.grad
 
 

@@ -55,7 +55,7 @@ def test_head_starts_at_zero_so_first_predictions_are_uniform():
 
 
 def test_head_computes_in_fp32_under_bf16_autocast():
-    """Autocast would run the Linear head in bf16 despite a .float() input; the engine's GPU path relies on fp32 logits."""
+    """Autocast would run the Linear head in bf16 despite a .float() input; the GPU path relies on fp32 logits."""
     model = Classifier(_tiny_gpt2(), "last")
     torch.nn.init.normal_(model.head.weight)
     ids = torch.tensor([[1, 2, 3]])

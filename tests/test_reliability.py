@@ -41,12 +41,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import PIPELINE_EPOCHS, pipeline_config
 
 from w2s_ray.artifacts import MANIFEST, ArtifactStore
 from w2s_ray.config import Resources
 from w2s_ray.plan import plan_experiment
-
-from conftest import PIPELINE_EPOCHS, pipeline_config
 
 KEY = "train-" + "cd" * 12
 ARTIFACT_LOG = "w2s_ray.artifacts"
@@ -286,7 +285,7 @@ class WorkerKiller(threading.Thread):
         self.info.setdefault("error", f"no registered checkpoint and single worker seen before timeout: {self.info}")
 
 
-def _step(res: dict, name: str, fn) -> Any:  # noqa: ANN001
+def _step(res: dict, name: str, fn) -> Any:
     t0 = time.perf_counter()
     try:
         return fn()
@@ -297,14 +296,14 @@ def _step(res: dict, name: str, fn) -> Any:  # noqa: ANN001
         res.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
 
 
-def _labels(store: ArtifactStore, key: str):  # noqa: ANN202
+def _labels(store: ArtifactStore, key: str):
     return pq.read_table(store.path(key, "data")).to_pandas().sort_values("id").reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
 def runs(pipeline_run, tmp_path_factory):
-    from w2s_ray.scheduler import execute
     from w2s_ray.results import cell_row
+    from w2s_ray.scheduler import execute
 
     root = tmp_path_factory.mktemp("reliability")
     plan = plan_experiment(CFG)
@@ -373,7 +372,7 @@ def _comparable(row: dict) -> dict:
 @pytest.mark.ray
 def test_undisturbed_run_commits_every_stage_once(runs):
     _ok(runs, "a1")
-    plan, a = runs["plan"], runs["a"]
+    plan, _a = runs["plan"], runs["a"]
     assert set(runs["a1"].ran) == set(plan.stages) and not runs["a1"].cached
     for key, stage in plan.stages.items():
         if stage.kind == "train":
@@ -388,7 +387,8 @@ def test_damaged_artifacts_are_rebuilt_and_nothing_upstream_reruns(runs):
     assert set(runs["a2"].ran) == damaged, {plan.stages[k].name for k in runs["a2"].ran}
     assert set(runs["a2"].cached) == set(plan.stages) - damaged
     warnings = runs["warnings_a2"]
-    assert any(f"artifact {cell.weak_labels}: {runs['labels_file']} fails its checksum" in w for w in warnings), warnings
+    bad_labels = f"artifact {cell.weak_labels}: {runs['labels_file']} fails its checksum"
+    assert any(bad_labels in w for w in warnings), warnings
     assert any(f"artifact {cell.student}: model/head.safetensors is missing or truncated" in w for w in warnings), \
         warnings
     assert not [w for w in warnings if not any(k in w for k in damaged)], warnings  # nothing else was doubted
@@ -422,7 +422,7 @@ def test_sigkilled_train_worker_resumes_from_its_checkpoint(runs):
     saved = [h["epoch"] for h in kill["history"]]
     assert saved and saved == list(range(1, len(saved) + 1)) and len(saved) < EPOCHS, saved
     _ok(runs, "b1")
-    plan, cell, b = runs["plan"], runs["cell"], runs["b"]
+    _plan, cell, b = runs["plan"], runs["cell"], runs["b"]
     assert set(runs["b1"].ran) == {cell.student, cell.student_test}
     history = b.manifest(cell.student).meta["history"]
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))  # each epoch once: resumed, not restarted

@@ -104,7 +104,7 @@ def test_a_failure_blocks_exactly_its_dependents_and_everything_else_runs(tmp_pa
 def test_the_longest_remaining_path_starts_first():
     plan = toy_plan([[], [], [0], [2]])  # 0 -> 2 -> 3 is longer than 1 alone
     keys = list(plan.stages)
-    flow = Dataflow(plan, committed=set(), cost={k: 1.0 for k in keys})
+    flow = Dataflow(plan, committed=set(), cost=dict.fromkeys(keys, 1.0))
     assert [s.key for s in flow.ready()] == [keys[0], keys[1]]
     flow = Dataflow(plan, committed=set(), cost={keys[1]: 10.0})
     assert [s.key for s in flow.ready()] == [keys[1], keys[0]]

@@ -9,15 +9,14 @@ training or selection, the trials and the selected configuration are identical.
 
 import pandas as pd
 import pytest
+from conftest import shuffled_gt_files
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import ExperimentConfig, Resources, SearchConfig, SplitConfig, TrainOverrides
-from w2s_ray.scheduler import execute
 from w2s_ray.plan import plan_experiments
 from w2s_ray.results import cell_row, trial_rows
+from w2s_ray.scheduler import execute
 from w2s_ray.search import read_trials
-
-from conftest import shuffled_gt_files
 
 pytestmark = pytest.mark.ray
 

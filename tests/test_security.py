@@ -229,9 +229,9 @@ def test_nothing_in_the_package_unpickles():
     for path, call, name in _calls():
         if name in PICKLE_CALLS:
             allow = _kw(call, "allow_pickle")
-            if name.endswith("np.load") or name.endswith("numpy.load"):
-                if allow is None or (isinstance(allow, ast.Constant) and allow.value is False):
-                    continue  # numpy's default refuses pickled arrays
+            refuses = allow is None or (isinstance(allow, ast.Constant) and allow.value is False)
+            if name.endswith(("np.load", "numpy.load")) and refuses:
+                continue  # numpy's default refuses pickled arrays
             bad.append(f"{_where(path, call)}: {name}")
     for path in SOURCES:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -279,8 +279,8 @@ def test_load_pretrained_passes_trust_remote_code_false(monkeypatch):
         "AutoTokenizer": lambda: types.SimpleNamespace(pad_token=None, eos_token="<eos>"),
     }
 
-    def fake(cls):  # noqa: ANN001
-        def from_pretrained(src, *args, **kwargs):  # noqa: ANN001
+    def fake(cls):
+        def from_pretrained(src, *args, **kwargs):
             seen.append((cls, kwargs.get("trust_remote_code", "unset")))
             return made[cls]()
 

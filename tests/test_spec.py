@@ -196,7 +196,8 @@ def test_parts_are_a_union_of_grids_and_shared_cells_run_once():
     cells = spec.experiments()
     got = {(c.weak, c.strong, c.loss.name, c.finetune.label) for c in cells}
     assert len(cells) == len(got) == 5  # 1l->2l xent is in two parts
-    assert got == {("minilm-l6-1l", "minilm-l6-2l", "xent", "full"), ("minilm-l6-1l", "minilm-l6-2l", "logconf", "full"),
+    assert got == {("minilm-l6-1l", "minilm-l6-2l", "xent", "full"),
+                   ("minilm-l6-1l", "minilm-l6-2l", "logconf", "full"),
                    ("minilm-l6-1l", "minilm-l6", "xent", "full"),
                    ("minilm-l6-1l", "minilm-l6", "xent", "weak=full/strong=probe"),
                    ("minilm-l6-1l", "minilm-l6", "logconf", "weak=full/strong=probe")}

@@ -142,11 +142,12 @@ unit = st.floats(0, 1, allow_nan=False)
 open_unit = st.floats(0, 1, exclude_min=True, exclude_max=True)
 pos = st.integers(1, 64)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,24}", fullmatch=True)
-texts = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=30)  # YAML folds control characters
+# YAML folds control characters
+texts = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=30)
 
 
 @st.composite
-def maybe(draw, key: str, strategy, out: dict, none_ok: bool = False) -> None:  # noqa: ANN001
+def maybe(draw, key: str, strategy, out: dict, none_ok: bool = False) -> None:
     """Leave ``key`` out, set it to None (when allowed) or to a drawn value."""
     how = draw(st.sampled_from(["omit", "value"] + (["none"] if none_ok else [])))
     if how == "value":
@@ -156,7 +157,7 @@ def maybe(draw, key: str, strategy, out: dict, none_ok: bool = False) -> None:  
 
 
 @st.composite
-def train_specs(draw) -> dict:  # noqa: ANN001
+def train_specs(draw) -> dict:
     out: dict = {}
     # batch sizes and minibatches from these sets always divide, whatever the merge order
     for key, strat in (("lr", open_unit), ("batch_size", st.sampled_from([8, 16, 32])),
@@ -167,13 +168,13 @@ def train_specs(draw) -> dict:  # noqa: ANN001
 
 
 @st.composite
-def pair_lists(draw, ladder: list[str]) -> list[list[str]]:  # noqa: ANN001
+def pair_lists(draw, ladder: list[str]) -> list[list[str]]:
     all_pairs = [[w, s] for w in ladder for s in ladder]
     return draw(st.lists(st.sampled_from(all_pairs), min_size=1, max_size=4, unique_by=tuple))
 
 
 @st.composite
-def valid_specs(draw, cli: bool = False) -> dict:  # noqa: ANN001
+def valid_specs(draw, cli: bool = False) -> dict:
     datasets = CLI_DATASETS if cli else ALL_DATASETS
     ladder = draw(st.lists(st.sampled_from(MODELS), min_size=1, max_size=4, unique=True))
     d: dict[str, Any] = {
@@ -265,7 +266,7 @@ def _section_cls(loc: str) -> type:
     return TrainSpec if loc.startswith("model_train.") else SECTIONS[loc]
 
 
-def _locations(draw, data: dict) -> str:  # noqa: ANN001
+def _locations(draw, data: dict) -> str:
     return draw(st.sampled_from(["", "split", "train", "resources", "search",
                                  f"model_train.{draw(st.sampled_from(data['models']))}"]))
 
@@ -279,7 +280,7 @@ def _ensure_search(data: dict) -> dict:
     return data["search"]
 
 
-def m_unknown_key(draw, data: dict) -> str:  # noqa: ANN001
+def m_unknown_key(draw, data: dict) -> str:
     loc = _locations(draw, data)
     allowed = {f.name for f in dataclasses.fields(_section_cls(loc))}
     key = draw(st.one_of(st.from_regex(r"[A-Za-z_][A-Za-z0-9_ -]{0,15}", fullmatch=True), st.integers(-5, 99))
@@ -288,7 +289,7 @@ def m_unknown_key(draw, data: dict) -> str:  # noqa: ANN001
     return join(loc, str(key))
 
 
-def m_wrong_type(draw, data: dict) -> str:  # noqa: ANN001
+def m_wrong_type(draw, data: dict) -> str:
     loc = _locations(draw, data)
     cls = _section_cls(loc)
     field = draw(st.sampled_from(sorted(hints(cls))))
@@ -300,7 +301,7 @@ LIST_FIELDS = {"": ["datasets", "models", "losses", "alpha_max", "warmup_frac", 
                "search": ["objectives", "alpha_max", "warmup_frac", "lr"]}
 
 
-def m_wrong_element(draw, data: dict) -> str:  # noqa: ANN001
+def m_wrong_element(draw, data: dict) -> str:
     loc = draw(st.sampled_from(["", "search"]))
     field = draw(st.sampled_from(LIST_FIELDS[loc]))
     section = _ensure_search(data) if loc == "search" else data
@@ -319,7 +320,7 @@ BAD_UNIT = st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.000001), 
 NON_POSITIVE = st.integers(-10**6, 0)
 
 
-def r_unit_list(draw, data: dict) -> str:  # noqa: ANN001
+def r_unit_list(draw, data: dict) -> str:
     field = draw(st.sampled_from(["alpha_max", "warmup_frac"]))
     values = list(data.get(field) or DEFAULT_LISTS[field])
     i = draw(st.integers(0, len(values) - 1))
@@ -328,7 +329,7 @@ def r_unit_list(draw, data: dict) -> str:  # noqa: ANN001
     return f"{field}[{i}]"
 
 
-def r_seed(draw, data: dict) -> str:  # noqa: ANN001
+def r_seed(draw, data: dict) -> str:
     values = list(data.get("seeds") or [0])
     i = draw(st.integers(0, len(values) - 1))
     values[i] = draw(st.integers(-10**6, -1))
@@ -336,64 +337,64 @@ def r_seed(draw, data: dict) -> str:  # noqa: ANN001
     return f"seeds[{i}]"
 
 
-def r_split(draw, data: dict) -> str:  # noqa: ANN001
+def r_split(draw, data: dict) -> str:
     field = draw(st.sampled_from(["n_weak", "n_strong", "n_test", "n_val"]))
     _section(data, "split")[field] = draw(st.integers(-10**6, -1) if field == "n_val" else NON_POSITIVE)
     return f"split.{field}"
 
 
-def _train_loc(draw, data: dict) -> str:  # noqa: ANN001
+def _train_loc(draw, data: dict) -> str:
     return draw(st.sampled_from(["train", f"model_train.{draw(st.sampled_from(data['models']))}"]))
 
 
-def r_train_int(draw, data: dict) -> str:  # noqa: ANN001
+def r_train_int(draw, data: dict) -> str:
     loc = _train_loc(draw, data)
     field = draw(st.sampled_from(["batch_size", "minibatch_size", "epochs", "max_len"]))
     _section(data, loc)[field] = draw(NON_POSITIVE)
     return f"{loc}.{field}"
 
 
-def r_train_lr(draw, data: dict) -> str:  # noqa: ANN001
+def r_train_lr(draw, data: dict) -> str:
     loc = _train_loc(draw, data)
     _section(data, loc)["lr"] = draw(st.one_of(st.floats(max_value=0), st.floats(min_value=1), st.just(NAN),
                                                st.integers(-5, 0)))
     return f"{loc}.lr"
 
 
-def r_resources_int(draw, data: dict) -> str:  # noqa: ANN001
+def r_resources_int(draw, data: dict) -> str:
     field = draw(st.sampled_from(["num_workers", "max_concurrent_trials"]))
     _section(data, "resources")[field] = draw(NON_POSITIVE)
     return f"resources.{field}"
 
 
-def r_resources_cpus(draw, data: dict) -> str:  # noqa: ANN001
+def r_resources_cpus(draw, data: dict) -> str:
     field = draw(st.sampled_from(["trial_cpus", "worker_cpus"]))
     _section(data, "resources")[field] = draw(st.one_of(st.floats(max_value=0, allow_nan=False), st.integers(-5, 0)))
     return f"resources.{field}"  # the check names ``resources``: a prefix
 
 
-def r_profile(draw, data: dict) -> str:  # noqa: ANN001
+def r_profile(draw, data: dict) -> str:
     _section(data, "resources")["profile"] = draw(names.filter(lambda s: s not in ("local", "cluster")))
     return "resources.profile"
 
 
-def r_pairs_rule(draw, data: dict) -> str:  # noqa: ANN001
+def r_pairs_rule(draw, data: dict) -> str:
     data["pairs"] = draw(st.text(max_size=12).filter(lambda s: s not in PAIR_RULES))
     return "pairs"
 
 
-def r_search_int(draw, data: dict) -> str:  # noqa: ANN001
+def r_search_int(draw, data: dict) -> str:
     field = draw(st.sampled_from(["num_samples", "max_concurrent", "grace_period"]))
     _ensure_search(data)[field] = draw(NON_POSITIVE)
     return f"search.{field}"
 
 
-def r_search_rf(draw, data: dict) -> str:  # noqa: ANN001
+def r_search_rf(draw, data: dict) -> str:
     _ensure_search(data)["reduction_factor"] = draw(st.integers(-5, 1))
     return "search.reduction_factor"
 
 
-def r_search_range(draw, data: dict) -> str:  # noqa: ANN001
+def r_search_range(draw, data: dict) -> str:
     search = _ensure_search(data)
     field = draw(st.sampled_from(["alpha_max", "warmup_frac"]))
     how = draw(st.sampled_from(["low", "high", "order"]))
@@ -408,7 +409,7 @@ def r_search_range(draw, data: dict) -> str:  # noqa: ANN001
     return f"search.{field}[1]"
 
 
-def r_search_lr(draw, data: dict) -> str:  # noqa: ANN001
+def r_search_lr(draw, data: dict) -> str:
     search = _ensure_search(data)
     how = draw(st.sampled_from(["low", "high", "order"]))
     if how == "low":
@@ -421,13 +422,13 @@ def r_search_lr(draw, data: dict) -> str:  # noqa: ANN001
     return "search.lr"
 
 
-def r_search_len(draw, data: dict) -> str:  # noqa: ANN001
+def r_search_len(draw, data: dict) -> str:
     field = draw(st.sampled_from(["alpha_max", "warmup_frac", "lr"]))
     _ensure_search(data)[field] = draw(st.lists(open_unit, max_size=4).filter(lambda v: len(v) != 2))
     return f"search.{field}"
 
 
-def m_empty(draw, data: dict) -> str:  # noqa: ANN001
+def m_empty(draw, data: dict) -> str:
     field = draw(st.sampled_from(LIST_FIELDS[""] + ["pairs", "search.objectives"]))
     if field == "search.objectives":
         _ensure_search(data)["objectives"] = []
@@ -436,7 +437,7 @@ def m_empty(draw, data: dict) -> str:  # noqa: ANN001
     return field
 
 
-def m_duplicate(draw, data: dict) -> str:  # noqa: ANN001
+def m_duplicate(draw, data: dict) -> str:
     field = draw(st.sampled_from(LIST_FIELDS[""] + ["search.objectives"]))
     if field == "search.objectives":
         section, key = _ensure_search(data), "objectives"
@@ -453,7 +454,7 @@ def m_duplicate(draw, data: dict) -> str:  # noqa: ANN001
 unknown_names = st.from_regex(r"[a-z][a-z0-9-]{2,20}", fullmatch=True)
 
 
-def m_unknown_name(draw, data: dict) -> str:  # noqa: ANN001
+def m_unknown_name(draw, data: dict) -> str:
     field = draw(st.sampled_from(["datasets", "models", "losses", "search.objectives"]))
     known = {"datasets": set(data_mod.REGISTRY), "models": set(models_mod.REGISTRY), "losses": set(LOSS_NAMES),
              "search.objectives": {"weak", "oracle"}}[field]
@@ -471,7 +472,7 @@ def m_unknown_name(draw, data: dict) -> str:  # noqa: ANN001
     return f"{field}[{i}]"
 
 
-def m_bad_pairs(draw, data: dict) -> str:  # noqa: ANN001
+def m_bad_pairs(draw, data: dict) -> str:
     ladder = data["models"]
     how = draw(st.sampled_from(["length", "outside", "no_pair"]))
     if how == "no_pair":
@@ -496,20 +497,20 @@ def m_bad_pairs(draw, data: dict) -> str:  # noqa: ANN001
     return f"pairs[{i}][{j}]"
 
 
-def m_model_train_outside(draw, data: dict) -> str:  # noqa: ANN001
+def m_model_train_outside(draw, data: dict) -> str:
     outsider = draw(st.one_of(st.sampled_from(sorted(set(MODELS) - set(data["models"]))), unknown_names)
                     .filter(lambda m: m not in data["models"]))
     data.setdefault("model_train", {})[outsider] = draw(train_specs())
     return f"model_train.{outsider}"
 
 
-def m_missing(draw, data: dict) -> str:  # noqa: ANN001
+def m_missing(draw, data: dict) -> str:
     field = draw(st.sampled_from(["datasets", "models"]))
     del data[field]
     return field
 
 
-def m_needs(draw, data: dict) -> str:  # noqa: ANN001
+def m_needs(draw, data: dict) -> str:
     if draw(st.booleans()):
         _ensure_search(data)
         data["split"]["n_val"] = 0
@@ -533,7 +534,7 @@ MUTATORS = {f.__name__: f for f in (
 
 
 @st.composite
-def invalid_specs(draw, kind: str, cli: bool = False) -> tuple[dict, str]:  # noqa: ANN001
+def invalid_specs(draw, kind: str, cli: bool = False) -> tuple[dict, str]:
     """A valid spec with one ``kind`` mutation, and the path its error must name."""
     data = copy.deepcopy(draw(valid_specs(cli=cli)))
     return data, MUTATORS[kind](draw, data)

@@ -29,7 +29,7 @@ FILES = {"a.txt": b"alpha", "sub/b.bin": b"\x00\x01" * 100, "model/backbone/conf
 class SpyHandler(pafs.FSSpecHandler):
     """An fsspec handler that logs mutations and calls ``hook`` before each one."""
 
-    def __init__(self, fs):  # noqa: ANN001
+    def __init__(self, fs):
         super().__init__(fs)
         self.events: list[tuple[str, str]] = []
         self.reads: list[str] = []
@@ -39,19 +39,19 @@ class SpyHandler(pafs.FSSpecHandler):
         self.hook(op, path)
         self.events.append((op, path))
 
-    def open_output_stream(self, path, metadata):  # noqa: ANN001, ANN201
+    def open_output_stream(self, path, metadata):
         self._event("write", path)
         return super().open_output_stream(path, metadata)
 
-    def delete_file(self, path):  # noqa: ANN001, ANN201
+    def delete_file(self, path):
         self._event("delete", path)
         return super().delete_file(path)
 
-    def delete_dir_contents(self, path, missing_dir_ok=False):  # noqa: ANN001, ANN201
+    def delete_dir_contents(self, path, missing_dir_ok=False):
         self._event("delete_contents", path)
         return super().delete_dir_contents(path, missing_dir_ok)
 
-    def open_input_stream(self, path):  # noqa: ANN001, ANN201
+    def open_input_stream(self, path):
         self.reads.append(path)
         return super().open_input_stream(path)
 
@@ -93,7 +93,7 @@ def _get(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
-def _store(kind: str, tmp_path: Path, memfs) -> ArtifactStore:  # noqa: ANN001
+def _store(kind: str, tmp_path: Path, memfs) -> ArtifactStore:
     if kind == "memory":
         fs, _, root = memfs
         return ArtifactStore(root, filesystem=fs)

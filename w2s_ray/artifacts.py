@@ -27,9 +27,10 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -102,7 +103,7 @@ class Manifest:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         d = json.loads(text)
         return cls(key=d["key"], files=d["files"], meta=d.get("meta", {}), created=d["created"])
 
@@ -197,7 +198,7 @@ class ArtifactStore:
                 raise ValueError("manifest of another artifact")
             for rel, info in m.files.items():
                 check_rel(rel)
-                info["size"], info["sha256"]  # noqa: B018  (both are required)
+                info["size"], info["sha256"]
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("artifact %s: unreadable manifest; it will be recomputed", key)
             return None
@@ -357,7 +358,7 @@ class ArtifactStore:
                 try:
                     with self.fs.open_input_stream(info.path) as f:
                         entry = json.loads(f.read().decode())
-                    entry["key"], entry["created"]  # noqa: B018  (both are required)
+                    entry["key"], entry["created"]
                 except (OSError, ValueError, KeyError, TypeError):
                     log.warning("artifact store %s: unreadable ledger entry %s skipped", self.uri, info.path)
                     continue
@@ -388,10 +389,8 @@ class ArtifactStore:
         base = self.path(key)
         if self.manifest(key) is not None:  # a concurrent writer won; same content: leave it for its readers
             return
-        try:  # the commit record goes first, so no reader trusts a directory being replaced
+        with contextlib.suppress(OSError):  # the commit record goes first: no reader trusts a directory being replaced
             self.fs.delete_file(f"{base}/{MANIFEST}")
-        except (FileNotFoundError, OSError):
-            pass
         self.fs.delete_dir_contents(base, missing_dir_ok=True)
         for rel in manifest.files:
             self.fs.create_dir(f"{base}/{rel}".rsplit("/", 1)[0], recursive=True)

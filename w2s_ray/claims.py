@@ -19,7 +19,8 @@ Claims (paper section):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -142,7 +143,7 @@ TESTS: dict[str, Callable[[pd.DataFrame], list[dict[str, Any]]]] = {
 def comparisons(cells: pd.DataFrame) -> pd.DataFrame:
     """Every comparison the table allows, one row each (cells: the results rows with status ok)."""
     cells = cells.copy()
-    cells["finetune"] = cells["finetune"] if "finetune" in cells else "full"
+    cells["finetune"] = cells.get("finetune", "full")
     if "status" in cells:
         cells = cells[cells["status"] == "ok"]
     rows = [r for test in TESTS.values() for r in test(cells) if r is not None]

@@ -11,8 +11,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from w2s_ray.config import (
     LOSS_NAMES,
@@ -25,6 +26,14 @@ from w2s_ray.config import (
     TrainOverrides,
     as_dict,
 )
+
+if TYPE_CHECKING:  # the CLI imports Ray, pandas and the planner only in the command that needs them
+    import pandas as pd
+
+    from w2s_ray.plan import Plan
+    from w2s_ray.spec import SweepSpec
+    from w2s_ray.sweep import Layout
+    from w2s_ray.tracking import Tracker
 
 EXIT_USAGE = 2
 
@@ -143,9 +152,9 @@ def _flag(path: str) -> str:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from w2s_ray.runtime import local_concurrency
     from w2s_ray.offline import OfflineAssetError
     from w2s_ray.plan import plan_experiment
+    from w2s_ray.runtime import local_concurrency
     from w2s_ray.sweep import Layout
 
     try:
@@ -174,12 +183,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     return _execute("run", plan, layout, resources, {"command": "run", "config": as_dict(cfg)}, tracker)
 
 
-def _describe_counts(plan) -> str:  # noqa: ANN001
+def _describe_counts(plan: Plan) -> str:
     counts = plan.role_counts()
     return f"{len(plan.stages)} stages (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
 
 
-def _execute(command: str, plan, layout, resources: Resources, info: dict, tracker=None) -> int:  # noqa: ANN001
+def _execute(command: str, plan: Plan, layout: Layout, resources: Resources, info: dict,
+             tracker: Tracker | None = None) -> int:
     """Run a plan and print its table; exit 1 if a stage failed, 130 on Ctrl-C (committed stages are kept)."""
     from w2s_ray.results import format_grid, format_table
     from w2s_ray.scheduler import INTERRUPTED
@@ -216,13 +226,13 @@ def _execute(command: str, plan, layout, resources: Resources, info: dict, track
     return 0
 
 
-def pd_frame(rows: list[dict]):  # noqa: ANN201
+def pd_frame(rows: list[dict]) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(rows)
 
 
-def _load_sweep(command: str, path: str):  # noqa: ANN202
+def _load_sweep(command: str, path: str) -> tuple[SweepSpec, Plan] | int:
     """The validated spec and its plan, or an exit code after one error line."""
     from w2s_ray.offline import OfflineAssetError
     from w2s_ray.plan import check_gpu_fit, plan_experiments
@@ -272,7 +282,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                     {"command": "sweep", "spec": a.spec, "name": spec.name}, tracker)
 
 
-def _tracker(kind: str | None, out: Path, experiment: str):  # noqa: ANN202  (tracking is imported lazily)
+def _tracker(kind: str | None, out: Path, experiment: str) -> Tracker | None:
     """A Tracker for ``--tracking`` / the spec's ``tracking``, or None; ConfigError if its library is missing."""
     if not kind:
         return None

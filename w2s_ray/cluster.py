@@ -18,15 +18,16 @@ YAML is read with ``yaml.safe_load`` only.
 from __future__ import annotations
 
 import argparse
-import copy
 import contextlib
+import copy
 import functools
 import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jsonschema
 import yaml

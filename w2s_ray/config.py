@@ -121,7 +121,7 @@ class Finetune:
                                                       f"{', '.join(FINETUNE_MODES)}")
 
     @classmethod
-    def of(cls, value: "str | Finetune") -> "Finetune":
+    def of(cls, value: str | Finetune) -> Finetune:
         """``full`` / ``probe`` for both roles, or a per-role value as is."""
         if isinstance(value, Finetune):
             return value
@@ -348,7 +348,7 @@ class ExperimentConfig:
                 merged.update({k: v for k, v in as_dict(ov).items() if v is not None})
         return TrainOverrides(**merged)
 
-    def replace(self, **changes: Any) -> "ExperimentConfig":
+    def replace(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 

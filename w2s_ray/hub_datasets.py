@@ -17,8 +17,9 @@ ids (:func:`text_id`) and the splits built on them are reproducible.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 Example = Mapping[str, Any]
 Row = dict[str, Any]

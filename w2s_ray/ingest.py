@@ -19,8 +19,9 @@ The route never changes what a worker learns from: the same rows, ordered by
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -78,7 +78,7 @@ def predict_batch(batch: dict[str, np.ndarray], **predictor: Any) -> dict[str, n
     return model(batch)
 
 
-def _keep_slice(batch: "Any", index: int, count: int) -> "Any":
+def _keep_slice(batch: Any, index: int, count: int) -> Any:
     from w2s_ray.data import bootstrap_slice
 
     return batch[[bootstrap_slice(g, count) == index for g in batch["group"]]]
@@ -136,6 +136,6 @@ def prewarm_worker() -> Any:
     return ray.remote(num_cpus=1)(_import_inference_modules).remote()
 
 
-def read_predictions(store: Any, key: str) -> "Any":
+def read_predictions(store: Any, key: str) -> Any:
     """The committed ``id, p1`` (and text) table of an ``infer`` artifact."""
     return pq.read_table(store.path(key, "data"), filesystem=store.fs).to_pandas()

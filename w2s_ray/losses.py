@@ -25,8 +25,8 @@ threshold over a buffer of recent predictions (:class:`ThresholdBuffer`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -24,9 +24,10 @@ import tarfile
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 __all__ = [
     "DEFAULT_BIGBENCH_TASKS",

@@ -383,7 +383,8 @@ def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage,
         train = strong_train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)
         teacher = plan.add(train_stage("student" if last else "bootstrap", model, train, cfg.loss, data, "B",
                                        labels, teacher_model.name, cfg.test_curves if last else 0,
-                                       lora_config(cfg, model.name), bool(cfg.overrides_for(model.name).length_buckets)))
+                                       lora_config(cfg, model.name),
+                                       bool(cfg.overrides_for(model.name).length_buckets)))
         teacher_model = model
     return first, teacher
 

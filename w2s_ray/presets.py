@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from w2s_ray.models import ModelSpec
 

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FIGURES = ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png", "pgr_vs_size.png")
 PROBE = " [probe]"
@@ -57,7 +61,7 @@ def model_size(name: str) -> float:
     return size_of(name.removesuffix(PROBE))
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +76,7 @@ def _ordered_models(cells: pd.DataFrame) -> list[str]:
     return by_size(list(cells["weak"]) + list(cells["strong"]), model_size)
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001
+def _save(fig: Figure, path: Path) -> Path:
     import warnings
 
     with warnings.catch_warnings():  # many panels: matplotlib warns it cannot shrink margins further

@@ -170,7 +170,7 @@ def aggregate(rows: list[dict[str, Any]]) -> pd.DataFrame:
     must clear.
     """
     frame = pd.DataFrame(rows)
-    frame["finetune"] = frame["finetune"] if "finetune" in frame else "full"  # older tables lack the column
+    frame["finetune"] = frame.get("finetune", "full")  # older tables lack the column
     out = []
     group = GROUP + (["chain"] if "chain" in frame else [])  # two chains between one pair stay apart
     for key, g in frame.groupby(group, dropna=False, sort=False):
@@ -296,7 +296,8 @@ def short_loss(r: dict[str, Any]) -> str:
 
 def format_grid(frame: pd.DataFrame) -> str:
     """The terminal table of a sweep: one line per cell, numbers straight from the table."""
-    head = f"{'dataset':20}{'weak':14}{'strong':14}{'loss':22}{'seed':>5}{'weak':>8}{'student':>9}{'ceiling':>9}{'PGR':>8}"
+    head = (f"{'dataset':20}{'weak':14}{'strong':14}{'loss':22}{'seed':>5}"
+            f"{'weak':>8}{'student':>9}{'ceiling':>9}{'PGR':>8}")
     lines = [head]
     for r in frame.to_dict("records"):
         if r.get("status", "ok") != "ok":

@@ -16,8 +16,9 @@ benchmark may hand it another table (the simulated cluster sleeps instead).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
@@ -137,7 +138,7 @@ def stage_threads(plan: Plan, resources: Resources, cores: int | None = None) ->
     """
     cores = cores or os.cpu_count() or 1
     if resources.torch_threads:
-        return {key: resources.torch_threads for key in plan.stages}
+        return dict.fromkeys(plan.stages, resources.torch_threads)
     threads = {key: 1 if s.kind in ("probe", "probeinfer") else cores for key, s in plan.stages.items()}
     for layer in plan.layers():
         trainings = [s for s in layer if s.kind == "train"]

@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from w2s_ray.config import Resources
 

@@ -31,11 +31,12 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
@@ -120,7 +121,7 @@ class Dataflow:
         return blocked
 
     def counts(self) -> dict[State, int]:
-        out = {s: 0 for s in State}
+        out = dict.fromkeys(State, 0)
         for s in self.state.values():
             out[s] += 1
         return out
@@ -246,7 +247,7 @@ def _task(run: Callable[[Stage, StageContext], Any], stage: Stage, ctx: StageCon
     return run(stage, ctx)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _remote_task(cpus: float) -> Any:
     """:func:`_task` as a Ray remote function reserving ``cpus``: made once per size, not per stage."""
     import ray
@@ -347,7 +348,7 @@ class Scheduler:
         blocked = self.flow.fail(key, cause)
         self.pools.give(self.requests[key])
         self.report.failed[key] = cause
-        self.report.blocked.update({b: key for b in blocked})
+        self.report.blocked.update(dict.fromkeys(blocked, key))
         where = f" (trial log: {log})" if log else ""
         self.say(f"FAILED {stage.name}: {cause}{where}" + (f"; blocks {len(blocked)} stage(s) that need it"
                                                              if blocked else ""))
@@ -494,7 +495,7 @@ class _ReadyTrainings:
                 super().__init__()
                 self.scheduler = scheduler
 
-            def set_search_properties(self, metric, mode, config, **spec) -> bool:  # noqa: ANN001
+            def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
                 return True  # nothing to optimise: the scheduler decides what runs
 
             def suggest(self, trial_id: str) -> Any:
@@ -516,19 +517,19 @@ class _TrainingEvents:
         from ray import tune
 
         class TrainingEvents(tune.Callback):
-            def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
+            def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
                 if scheduler:
                     scheduler.step()
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
                 if scheduler and result.get("committed"):
                     scheduler.trial_committed(trial, result)
 
-            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
                 if scheduler:
                     scheduler.trial_ended(trial)
 
-            def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
                 if scheduler:
                     scheduler.trial_failed(trial)
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -93,7 +94,7 @@ def _all_but_last_epoch(base: type) -> type:
     """
 
     class Callback(base):
-        def after_report(self, run_context, metrics, checkpoint):  # noqa: ANN001
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
             if metrics and metrics[0].get("epoch") == metrics[0].get("epochs"):
                 return
             super().after_report(run_context, metrics, checkpoint)
@@ -106,14 +107,14 @@ class _SearchProgress:
         from ray import tune
 
         class Callback(tune.Callback):
-            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
                 if "objective" in result:
                     c = trial.config
                     progress(f"    trial a={c['alpha_max']:.3f} w={c['warmup_frac']:.3f}"
                              + (f" lr={c['lr']:.2g}" if "lr" in c else "")
                              + f": epoch {result['epoch']} objective {result['objective']:.4f}")
 
-            def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
+            def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
                 now = time.monotonic()
                 if now - self.last_sweep > 20:  # trials stopped by ASHA leave Train placement groups behind
                     self.last_sweep = now
@@ -178,14 +179,13 @@ def _plain(v: Any) -> Any:
 
 
 def _tune(stage: Stage, store: ArtifactStore, resources: Resources, storage_path: str, progress: Progress) -> Any:
+    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from w2s_ray.runtime import quiet_tune_logs, trial_driver_request
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per search otherwise
     search = stage.params["search"]

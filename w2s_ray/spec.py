@@ -150,7 +150,7 @@ class SweepSpec:
     name: str
     datasets: list[str]
     models: list[str]  # the ladder, smallest first
-    pairs: Union[str, list[list[str]]] = "weak<strong"
+    pairs: str | list[list[str]] = "weak<strong"
     losses: list[str] = field(default_factory=lambda: ["xent"])
     alpha_max: list[float] = field(default_factory=lambda: [0.5])
     warmup_frac: list[float] = field(default_factory=lambda: [0.2])
@@ -162,17 +162,17 @@ class SweepSpec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     search: SearchSpec | None = None
     bootstrap: BootstrapSpec | None = None
-    finetune: Union[Literal["full", "probe"], FinetuneSpec] = "full"  # probe: heads on cached frozen features
+    finetune: Literal["full", "probe"] | FinetuneSpec = "full"  # probe: heads on cached frozen features
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     # students log GT test accuracy (analysis only, never selected on): true = once per epoch, N = N per epoch
-    test_curves: Union[bool, int] = False
+    test_curves: bool | int = False
     description: str = ""
     tracking: Literal["mlflow", "wandb", "tensorboard"] | None = None  # log trainings and cells (w2s_ray.tracking)
     # grids whose union is the sweep: each part is a mapping of spec fields (all but name, resources and
     # parts) that replace the top level's for that grid; cells that two parts share run once
     parts: list[dict[str, Any]] = field(default_factory=list)
 
-    def part_specs(self) -> list["SweepSpec"]:
+    def part_specs(self) -> list[SweepSpec]:
         """The grids of the sweep: the spec itself, or one spec per part."""
         if not self.parts:
             return [self]
@@ -226,8 +226,8 @@ class SweepSpec:
             variants += [(LossConfig("logconf"), search) for search in self.search.configs()]
         chains = self.chain_list()
         slices = self.bootstrap.slice_count(chains) if self.bootstrap is not None else 0
-        common = dict(train=self.train.overrides(), model_train=model_train, finetune=self.finetune_config,
-                      probe=self.probe, test_curves=int(self.test_curves))
+        common = {"train": self.train.overrides(), "model_train": model_train, "finetune": self.finetune_config,
+                      "probe": self.probe, "test_curves": int(self.test_curves)}
         direct = [
             ExperimentConfig(dataset=ds, weak=weak, strong=strong, loss=loss, split=self._split(seed),
                              search=search, **common)
@@ -448,7 +448,8 @@ def _prefixed(path: str, fn: Any, *args: Any) -> Any:
 def _check_positive_fields(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if f.name not in ("n_val", "lora_r", "length_buckets") and v is not None and not v > 0:  # 0: no validation split / no LoRA
+        # n_val 0: no validation split; lora_r 0: full fine-tuning
+        if f.name not in ("n_val", "lora_r", "length_buckets") and v is not None and not v > 0:
             raise ConfigError(f.name, f"{v!r} must be positive")
         if f.name == "lora_r" and v is not None and v < 0:
             raise ConfigError(f.name, f"{v!r} must be 0 (full fine-tuning) or a positive rank")

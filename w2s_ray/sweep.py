@@ -15,9 +15,10 @@ interrupted training resumes from its last epoch checkpoint.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
@@ -35,7 +36,7 @@ class Layout:
     results_dir: Path
 
     @classmethod
-    def of(cls, out: Path, name: str, storage: str | None = None, results_dir: Path | None = None) -> "Layout":
+    def of(cls, out: Path, name: str, storage: str | None = None, results_dir: Path | None = None) -> Layout:
         if storage and "://" in storage:
             base, sep, query = storage.partition("?")  # s3://b/p?region=x: sub-paths go before the query
             store_uri, ray_storage = (f"{base.rstrip('/')}/{sub}{sep}{query}" for sub in ("store", "ray"))

@@ -16,9 +16,10 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,6 +152,7 @@ def gpu_plan(params: dict[str, Any], resources: Any) -> dict[str, Any]:
     gets FSDP over several; more workers than the profile asks for are never
     dropped below ``resources.num_workers``.
     """
+    from w2s_ray.config import ConfigError
     from w2s_ray.models import resolve_model
     from w2s_ray.presets import trial_resources
 
@@ -159,7 +161,7 @@ def gpu_plan(params: dict[str, Any], resources: Any) -> dict[str, Any]:
         return plan
     try:
         spec = resolve_model(params["model"]["name"])
-    except Exception:  # a local path: no estimate, keep the profile
+    except ConfigError:  # a local path that moved since planning: no estimate, keep the profile
         return plan
     need = trial_resources(spec, minibatch_size=params["train"]["minibatch_size"], max_len=params["train"]["max_len"],
                            lora=bool(params.get("lora")))
@@ -285,9 +287,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i in curve_after:
                 curve.append(gt_test_point())
         seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"], "train_loss": float(torch.stack(losses).float().mean()),
-                   "alpha": alpha, "step": scheduler.last_epoch, "samples": seen,
-                   "samples_per_s": seen / seconds, "epoch_s": seconds}
+        metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"],
+                   "train_loss": float(torch.stack(losses).float().mean()), "alpha": alpha,
+                   "step": scheduler.last_epoch, "samples": seen, "samples_per_s": seen / seconds, "epoch_s": seconds}
         if epoch == start_epoch:  # model load, device placement, ingest of in-memory shards
             metrics.update(setup)
         if cfg.select:
