@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   create .venv, install, prepare offline models + data, run the main job
-#   make test   create .venv, install, run the test suite
+#   make test   create .venv, install, lint, run the whole test suite (what CI runs)
+# While developing: make test-fast (the tests that start no Ray, < 90 s), make lint (ruff)
 PY     ?= python3.11
 TORCH  ?= torch==2.13.0
 VENV   := .venv
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install setup demo test bench reproduce clean
+.PHONY: install setup demo test test-fast lint bench reproduce clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,9 +35,17 @@ reproduce: setup
 	$(BIN)/w2s-ray setup --mpnet
 	$(BIN)/w2s-ray sweep sweeps/reproduce-offline.yaml --out runs
 
-test: $(STAMP)
-	@$(BIN)/python -m pytest -q; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+PYTEST = rc=0; $(BIN)/python -m pytest -q $(1) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make $@: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check w2s_ray tests benchmarks
+
+test: lint
+	@$(call PYTEST,)
+
+test-fast: $(STAMP)
+	@$(call PYTEST,-m "not ray")
 
 clean:
 	rm -rf runs .pytest_cache

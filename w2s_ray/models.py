@@ -185,7 +185,7 @@ def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
         if not (path / "config.json").is_file() and not (path / "backbone" / "config.json").is_file():
             raise ConfigError(field_name, f"model path {value!r} has no config.json (not a Hugging Face model)")
         return ModelSpec(path.name, f"path:{path}")
-    if value.count("/") == 1 and all(value.split("/")):
+    if value.count("/") == 1 and all(value.split("/")):  # not the hub: branch: the name (key material) stays org/name
         return _PRESET_BY_SOURCE.get(f"hub:{value}") or ModelSpec(value, f"hub:{value}")
     raise ConfigError(
         field_name,

@@ -7,8 +7,9 @@ workers on one node may ask at once (an advisory lock keeps them from doing the 
 twice; if the target appears anyway, the late copy is discarded).
 
 Sizes: XS = paraphrase-MiniLM-L3-v2 (converted from ONNX), S = all-MiniLM-L6-v2,
-M = all-mpnet-base-v2 (a split zip in five packages). See
-``shared/notes/offline-models-data.md`` for where they come from.
+M = all-mpnet-base-v2 (a split zip in five packages). The packages that carry them are
+``L6_PACKAGE``, ``L3_PACKAGE`` and ``MPNET_PIP`` below; the data is the ``bigbench``
+sdist's task files (``BIGBENCH_SDIST``).
 """
 
 from __future__ import annotations
