@@ -69,7 +69,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length-buckets", action="store_true", help="batch training rows of similar length "
                    "together (less padding; different batches, so different stage keys)")
     p.add_argument("--tracking", choices=TRACKERS, help="also log every training and the cell's result to MLflow "
-                   "(local SQLite store OUT/mlflow.db unless MLFLOW_TRACKING_URI is set), W&B or TensorBoard (OUT/tensorboard)")
+                   "(local SQLite store OUT/mlflow.db unless MLFLOW_TRACKING_URI is set), W&B or TensorBoard "
+                   "(OUT/tensorboard)")
     p.add_argument("--out", default="runs", help="output folder: store/, ray/ and results/ (default: runs)")
     p.add_argument("--storage", help="root of the artifact store and Ray state: a path or s3:// / gs:// URI "
                    "(default: OUT)")
