@@ -177,10 +177,6 @@ class SweepSpec:
             out.append(_validate({**spec_to_dict(self), "parts": [], **part}, f"parts[{i}]"))
         return out
 
-    @property
-    def finetune_config(self) -> Finetune:
-        return self.finetune
-
     def pair_list(self) -> list[tuple[str, str]]:
         """The (weak, strong) pairs, in ladder order."""
         if isinstance(self.pairs, list):
