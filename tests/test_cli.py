@@ -55,3 +55,15 @@ def test_model_dir_without_config_is_rejected(tmp_path: Path, capsys):
     empty.mkdir()
     assert main(["run", "--out", str(tmp_path / "out"), "--weak", str(empty)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--lr", "2"], "--lr: 2.0 is outside (0, 1)"),
+    (["--lora-r", "-1"], "--lora-r: -1 must be >= 0"),
+    (["--max-concurrent", "0"], "--max-concurrent: 0 must be positive"),
+    (["--batch-size", "16", "--minibatch-size", "5"], "--minibatch-size: 5 must divide batch_size 16"),
+])
+def test_flags_are_checked_by_the_config_classes_and_named_as_flags(args, expected, tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "out"), *args]) == 2
+    assert capsys.readouterr().err == f"w2s-ray run: error: {expected}\n"
+    assert not (tmp_path / "out").exists()

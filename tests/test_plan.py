@@ -96,5 +96,5 @@ def test_per_role_finetune_reuses_each_roles_stages_of_the_uniform_modes():
     assert reverse.stages[reverse.cells[0].student].kind == "train"
     with pytest.raises(ConfigError, match="finetune: 'lora' is not allowed"):
         _cfg(finetune="lora")
-    with pytest.raises(ConfigError, match="finetune.strong: 'lora' is not allowed"):
+    with pytest.raises(ConfigError, match="strong: 'lora' is not allowed"):
         Finetune("full", "lora")

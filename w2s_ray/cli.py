@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def experiment_from_args(a: argparse.Namespace) -> ExperimentConfig:
+    """The flags as the same config objects a spec builds (their errors name the field: see :func:`_flag`)."""
     return ExperimentConfig(
         dataset=a.dataset,
         weak=a.weak,
@@ -119,17 +120,6 @@ def experiment_from_args(a: argparse.Namespace) -> ExperimentConfig:
                              length_buckets=a.length_buckets or None),
         model_train=((a.strong, TrainOverrides(lora_r=a.lora_r)),) if a.lora_r else (),
     )
-
-
-def _validate_overrides(a: argparse.Namespace) -> None:
-    if a.lora_r < 0:
-        raise ConfigError("--lora-r", f"{a.lora_r} must be 0 (full fine-tuning) or a positive rank")
-    for name in ("epochs", "max_len", "batch_size", "minibatch_size", "max_concurrent"):
-        v = getattr(a, name)
-        if v is not None and v <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')}", f"{v} must be a positive integer")
-    if a.lr is not None and not 0 < a.lr < 1:
-        raise ConfigError("--lr", f"{a.lr} is outside (0, 1)")
 
 
 def _check_split_fits(dataset: str, n_rows: int, flags: str = "--n-weak + --n-strong + --n-test") -> None:
@@ -148,8 +138,12 @@ def _check_split_fits(dataset: str, n_rows: int, flags: str = "--n-weak + --n-st
         raise ConfigError("split", f"{dataset} has {have} rows; {flags} = {n_rows} do not fit")
 
 
+FLAGS = {"name": "--loss", "max_concurrent_trials": "--max-concurrent"}  # config fields named otherwise on the CLI
+
+
 def _flag(path: str) -> str:
-    return path if path.startswith("-") else "--" + path.replace("_", "-")
+    """The ``run`` flag that set a config field (the configs validate the flags' values)."""
+    return path if path.startswith("-") else FLAGS.get(path, "--" + path.replace("_", "-"))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -159,12 +153,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     from w2s_ray.sweep import Layout
 
     try:
-        _validate_overrides(a)
         cfg = experiment_from_args(a)
+        resources = Resources(address=a.address, dashboard=a.dashboard, max_concurrent_trials=a.max_concurrent
+                              if a.max_concurrent is not None else 2 if a.address else local_concurrency())
         plan = plan_experiment(cfg)
         _check_split_fits(cfg.dataset, cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test)
-        resources = Resources(address=a.address, max_concurrent_trials=a.max_concurrent or
-                              (2 if a.address else local_concurrency()), dashboard=a.dashboard)
         tracker = _tracker(a.tracking, Path(a.out), "w2s-ray run")
     except ConfigError as e:
         return _fail("run", f"{_flag(e.path)}: {e.message}")

@@ -2,19 +2,36 @@
 
 Every value that can change a result lives here, so the artifact keys
 (see :mod:`w2s_ray.artifacts`) can be computed from these objects alone.
-Validation happens before anything is started or written: a bad value raises
-:class:`ConfigError` naming its field path and what is allowed.
+The classes are pydantic dataclasses: types and ranges are declared once as
+annotations, cross-field rules live in the ``__post_init__`` of the class
+that owns them, and the same classes validate the CLI's flags and a sweep
+spec's YAML (:mod:`w2s_ray.spec` nests them). Scalars are strict (``"1"`` is
+no int, ``true`` no number, NaN and inf no float); an int is taken for a float.
+A bad value raises :class:`ConfigError` naming its field path and what is
+allowed, before anything is started or written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
-from typing import Any
+import functools
+import types
+import typing
+from typing import Annotated, Any, Literal, TypeVar
 
-LOSS_NAMES: tuple[str, ...] = ("xent", "logconf", "product", "kl", "entropy")
+import pydantic
+from pydantic import AfterValidator, BeforeValidator, Field, Strict
+from pydantic.dataclasses import dataclass
+
+LossName = Literal["xent", "logconf", "product", "kl", "entropy"]
+FinetuneMode = Literal["full", "probe"]
+Tracker = Literal["mlflow", "wandb", "tensorboard"]
+Objective = Literal["weak", "oracle"]
+LOSS_NAMES: tuple[str, ...] = typing.get_args(LossName)
 ALPHA_LOSSES: tuple[str, ...] = ("logconf", "entropy")  # losses with a confidence term ramped to alpha_max
+FINETUNE_MODES: tuple[str, ...] = typing.get_args(FinetuneMode)
+TRACKERS: tuple[str, ...] = typing.get_args(Tracker)
+OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 
 
 class ConfigError(ValueError):
@@ -26,17 +43,184 @@ class ConfigError(ValueError):
         self.message = message
 
 
-def _check_range(path: str, value: float, lo: float, hi: float) -> None:
-    if not (lo <= value <= hi):
-        raise ConfigError(path, f"{value!r} is outside [{lo:g}, {hi:g}]")
+# -- value types: each constraint written once ------------------------------------------------
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # strict still takes an int (as a float), never a bool or a string
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
 
 
-def _check_positive(path: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(path, f"{value!r} must be a positive integer")
+def _within(lo: float, hi: float, closed: bool) -> AfterValidator:
+    """A range check whose message names the whole interval (a ``Field(ge=, le=)`` error names one bound)."""
+    def check(v: float) -> float:
+        if not (lo <= v <= hi if closed else lo < v < hi):
+            raise ConfigError("", f"{v!r} is outside {'[' if closed else '('}{lo:g}, {hi:g}{']' if closed else ')'}")
+        return v
+    return AfterValidator(check)
 
 
-@dataclass(frozen=True)
+Unit = Annotated[float, Strict(), _within(0, 1, closed=True)]
+OpenUnit = Annotated[float, Strict(), _within(0, 1, closed=False)]  # learning rates
+# points per epoch: true = 1, false = 0
+TestCurves = Annotated[NonNegInt, BeforeValidator(lambda v: int(v) if isinstance(v, bool) else v)]
+
+T = TypeVar("T")
+
+
+def _no_duplicates(values: list[T]) -> list[T]:
+    seen = set()
+    for i, v in enumerate(values):
+        key = tuple(v) if isinstance(v, list) else v
+        if key in seen:
+            raise ConfigError(f"[{i}]", f"{v!r} is listed twice")
+        seen.add(key)
+    return values
+
+
+# a non-empty list without repeats (a sweep's grid axes)
+UniqueList = Annotated[list[T], Field(min_length=1), AfterValidator(_no_duplicates)]
+
+
+def _tuple_range(lo: float, hi: float, closed: bool) -> Any:
+    """A ``[low, high]`` pair inside ``lo..hi`` with low <= high (YAML lists are taken for the tuple)."""
+    def check(pair: tuple[float, float]) -> tuple[float, float]:
+        if pair[0] > pair[1]:
+            raise ConfigError("[1]" if closed else "", f"{list(pair)} must satisfy low <= high")
+        return pair
+    bound = Unit if closed else OpenUnit
+    return Annotated[tuple[bound, bound], AfterValidator(check)]
+
+
+UnitRange = _tuple_range(0, 1, closed=True)
+LrRange = _tuple_range(0, 1, closed=False)
+
+
+# -- pydantic errors -> one ConfigError ---------------------------------------------------------
+
+CONFIG = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def config(cls: type[T]) -> type[T]:
+    """A frozen, validated pydantic dataclass whose constructor raises :class:`ConfigError`.
+
+    Positional construction, ``dataclasses.asdict`` and ``dataclasses.replace``
+    (which validates again) work as for plain dataclasses, so artifact keys
+    computed from them are what they were.
+    """
+    cls = dataclass(frozen=True, config=CONFIG)(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except pydantic.ValidationError as e:
+            raise config_error(e, type(self), positional=True) from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+def join(path: str, name: str | int) -> str:
+    if isinstance(name, int):
+        return f"{path}[{name}]"
+    return f"{path}.{name}" if path and name else path or name
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _fields_at(root: Any, loc: tuple) -> list[str]:
+    """The field names of the dataclass at ``loc`` under ``root`` (for "unknown field; allowed: ...")."""
+    tp = root
+    for part in (*loc, None):
+        while True:  # unwrap Annotated and Optional
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+            if origin is Annotated:
+                tp = args[0]
+            elif origin in (typing.Union, types.UnionType) and type(None) in args:
+                tp = next(a for a in args if a is not type(None))
+            else:
+                break
+        if part is None:
+            break
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp, include_extras=True).get(part)
+        elif typing.get_origin(tp) in (list, tuple, dict):
+            tp = typing.get_args(tp)[-1 if typing.get_origin(tp) is dict else 0]
+        else:
+            return []
+    return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+
+
+def _message(err: dict[str, Any], root: Any, loc: tuple) -> str:
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind in ("missing", "missing_argument"):
+        return "required field is missing"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        allowed = _fields_at(root, loc[:-1])
+        return "unknown field" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if kind == "unexpected_positional_argument":
+        return "too many positional values"
+    if kind == "literal_error":
+        return f"{value!r} is not allowed; allowed: {ctx['expected'].replace(chr(39), '').replace(' or ', ', ')}"
+    types = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",
+             "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping", "dataclass_type": "a mapping"}
+    if kind in types:
+        return f"expected {types[kind]}, got {_kind(value)} {value!r}"
+    if kind == "finite_number":
+        return f"{value!r} must be a finite number"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        if kind == "greater_than" and limit == 0:
+            return f"{value!r} must be positive"
+        return f"{value!r} must be {bounds[kind]} {limit:g}"
+    if kind == "too_short" and ctx.get("min_length") == 1 and ctx.get("field_type") == "List":
+        return "must not be empty"
+    if kind in ("too_short", "too_long"):
+        n = ctx.get("min_length", ctx.get("max_length"))
+        if n is None:
+            return f"too few values, got {value!r}"
+        return f"expected {'at least ' if kind == 'too_short' and n != 2 else ''}{n} values, got {value!r}"
+    if kind == "value_error":
+        return ctx["error"].message if isinstance(ctx.get("error"), ConfigError) else str(ctx.get("error"))
+    return err["msg"][0].lower() + err["msg"][1:]
+
+
+def config_error(e: pydantic.ValidationError, root: Any, prefix: str = "", positional: bool = False) -> ConfigError:
+    """The first error of ``e`` as a ConfigError whose path is the field path (``pairs[0][1]``).
+
+    ``root`` is the validated class; ``positional``: a leading int in a location is an argument's position.
+    """
+    err = e.errors()[0]
+    if err["type"] == "missing" and err["loc"] and isinstance(err["loc"][-1], int):  # a short [low, high]
+        err = {**err, "type": "too_short", "loc": err["loc"][:-1], "ctx": {}}
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("~", "[key]"))))
+    if err["type"] == "invalid_key":  # a mapping's key that is no string: no field has that name
+        err = {**err, "type": "extra_forbidden"}
+        loc = (*loc[:-1], str(loc[-1]))
+    if positional and loc and isinstance(loc[0], int):
+        names = [f.name for f in dataclasses.fields(root)]
+        loc = (names[loc[0]] if loc[0] < len(names) else str(loc[0]), *loc[1:])
+    path = prefix
+    for part in loc:
+        path = join(path, part)
+    inner = (err.get("ctx") or {}).get("error")
+    if err["type"] == "value_error" and isinstance(inner, ConfigError):  # a rule's own path inside the object
+        path = path + inner.path if inner.path.startswith("[") else join(path, inner.path)
+    return ConfigError(path or root.__name__, _message(err, root, loc))
+
+
+# -- the configs ----------------------------------------------------------------------------
+
+
+@config
 class LossConfig:
     """The student's loss. ``alpha_max``/``warmup_frac`` only matter for logconf and entropy.
 
@@ -44,19 +228,12 @@ class LossConfig:
     last N rows' predictions instead of the optimizer batch's (tiny batches).
     """
 
-    name: str = "xent"
-    alpha_max: float = 0.5
-    warmup_frac: float = 0.2
-    threshold_buffer: int = 0
+    name: LossName = "xent"
+    alpha_max: Unit = 0.5
+    warmup_frac: Unit = 0.2
+    threshold_buffer: NonNegInt = 0
 
     def __post_init__(self) -> None:
-        if self.name not in LOSS_NAMES:
-            raise ConfigError("loss", f"unknown loss {self.name!r}; allowed: {', '.join(LOSS_NAMES)}")
-        _check_range("alpha_max", self.alpha_max, 0.0, 1.0)
-        _check_range("warmup_frac", self.warmup_frac, 0.0, 1.0)
-        if isinstance(self.threshold_buffer, bool) or not isinstance(self.threshold_buffer, int) \
-                or self.threshold_buffer < 0:
-            raise ConfigError("threshold_buffer", f"{self.threshold_buffer!r} must be a non-negative integer")
         if self.threshold_buffer and self.name != "logconf":
             raise ConfigError("threshold_buffer", f"only logconf hardens against a threshold, not {self.name}")
 
@@ -81,28 +258,27 @@ class LossConfig:
         return f"{self.name}(a={self.alpha_max:g}{buffer})"
 
 
-@dataclass(frozen=True)
+@config
 class ProbeConfig:
     """Linear-probe training on cached features (``finetune: probe``): a head only, so cheap to sweep."""
 
-    lr: float = 1e-2
-    epochs: int = 20
-    batch_size: int = 32
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            _check_positive(name, getattr(self, name))
-        if not (0 < self.lr < 1):
-            raise ConfigError("lr", f"{self.lr!r} is outside (0, 1)")
-        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+    lr: OpenUnit = 1e-2
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 32
+    weight_decay: Unit = 0.0
 
 
-FINETUNE_MODES: tuple[str, ...] = ("full", "probe")
-TRACKERS: tuple[str, ...] = ("mlflow", "wandb", "tensorboard")
+def _finetune_of(value: Any) -> Any:
+    """A mode name means that mode for both roles."""
+    if isinstance(value, str):
+        if value not in FINETUNE_MODES:
+            raise ConfigError("", f"{value!r} is not allowed; allowed: {', '.join(FINETUNE_MODES)}, "
+                                  "or {weak: <mode>, strong: <mode>}")
+        return {"weak": value, "strong": value}
+    return value
 
 
-@dataclass(frozen=True)
+@config
 class Finetune:
     """How each role's model learns: ``full`` (every weight) or ``probe`` (a head on cached frozen features).
 
@@ -111,23 +287,8 @@ class Finetune:
     model's frozen features. The strong role covers the ceiling and the student.
     """
 
-    weak: str = "full"
-    strong: str = "full"
-
-    def __post_init__(self) -> None:
-        for role in ("weak", "strong"):
-            if getattr(self, role) not in FINETUNE_MODES:
-                raise ConfigError(f"finetune.{role}", f"{getattr(self, role)!r} is not allowed; allowed: "
-                                                      f"{', '.join(FINETUNE_MODES)}")
-
-    @classmethod
-    def of(cls, value: str | Finetune) -> Finetune:
-        """``full`` / ``probe`` for both roles, or a per-role value as is."""
-        if isinstance(value, Finetune):
-            return value
-        if value not in FINETUNE_MODES:
-            raise ConfigError("finetune", f"{value!r} is not allowed; allowed: {', '.join(FINETUNE_MODES)}")
-        return cls(value, value)
+    weak: FinetuneMode = "full"
+    strong: FinetuneMode = "full"
 
     @property
     def label(self) -> str:
@@ -139,27 +300,31 @@ class Finetune:
         return "probe" in (self.weak, self.strong)
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    """Sizes of the three disjoint splits and the seed that draws A and B.
+FinetuneField = Annotated[Finetune, BeforeValidator(_finetune_of)]  # a Finetune, its mapping, or a mode name
+
+
+@config
+class SplitSizes:
+    """Sizes of the three disjoint splits (a sweep spec's ``split``: its seeds come from ``seeds``)."""
+
+    n_weak: PositiveInt = 1000  # half A: weak model's GT training rows
+    n_strong: PositiveInt = 1000  # half B: weak labels, student and ceiling training rows
+    n_test: PositiveInt = 2000
+    n_val: NonNegInt = 0  # held out of the B side for model selection (alpha search); 0: none
+
+
+@config
+class _Seed:
+    seed: NonNegInt = 0
+
+
+@config
+class SplitConfig(SplitSizes, _Seed):  # _Seed last in the bases puts seed first: SplitConfig(seed, n_weak, ...)
+    """The split sizes and the seed that draws A and B.
 
     The test set is drawn with a seed-independent salt, so every seed of a
     sweep is measured on the same GT test rows.
     """
-
-    seed: int = 0
-    n_weak: int = 1000  # half A: weak model's GT training rows
-    n_strong: int = 1000  # half B: weak labels, student and ceiling training rows
-    n_test: int = 2000
-    n_val: int = 0  # held out of the B side for model selection (alpha search); 0: none
-
-    def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("seed", f"{self.seed!r} must be a non-negative integer")
-        for name in ("n_weak", "n_strong", "n_test"):
-            _check_positive(name, getattr(self, name))
-        if isinstance(self.n_val, bool) or not isinstance(self.n_val, int) or self.n_val < 0:
-            raise ConfigError("n_val", f"{self.n_val!r} must be a non-negative integer")
 
     def effective(self) -> dict[str, Any]:
         """Key material: ``n_val`` only when used, so runs without validation keep their keys."""
@@ -169,45 +334,37 @@ class SplitConfig:
         return d
 
 
-@dataclass(frozen=True)
+@config
 class TrainConfig:
     """Fine-tuning hyperparameters of one training stage (effective: no None)."""
 
-    lr: float
-    batch_size: int
-    minibatch_size: int
-    epochs: int
-    max_len: int
-    weight_decay: float = 0.0
-    seed: int = 0
+    lr: OpenUnit
+    batch_size: PositiveInt
+    minibatch_size: PositiveInt
+    epochs: PositiveInt
+    max_len: PositiveInt
+    weight_decay: Unit = 0.0
+    seed: NonNegInt = 0
 
     def __post_init__(self) -> None:
-        if not (0.0 < self.lr < 1.0):
-            raise ConfigError("lr", f"{self.lr!r} is outside (0, 1)")
-        for name in ("batch_size", "minibatch_size", "epochs", "max_len"):
-            _check_positive(name, getattr(self, name))
         if self.batch_size % self.minibatch_size:
-            raise ConfigError(
-                "minibatch_size",
-                f"{self.minibatch_size} must divide batch_size {self.batch_size}",
-            )
-        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+            raise ConfigError("minibatch_size", f"{self.minibatch_size} must divide batch_size {self.batch_size}")
 
 
-@dataclass(frozen=True)
+@config
 class TrainOverrides:
     """User overrides on top of the model registry's defaults (None = default)."""
 
-    lr: float | None = None
-    batch_size: int | None = None
-    minibatch_size: int | None = None
-    epochs: int | None = None
-    max_len: int | None = None
-    lora_r: int | None = None  # > 0: train low-rank adapters (peft) instead of every weight; 0: full
-    length_buckets: bool | None = None  # batch rows of similar length together (less padding)
+    lr: OpenUnit | None = None
+    batch_size: PositiveInt | None = None
+    minibatch_size: PositiveInt | None = None
+    epochs: PositiveInt | None = None
+    max_len: PositiveInt | None = None
+    lora_r: NonNegInt | None = None  # > 0: train low-rank adapters (peft) instead of every weight; 0: full
+    length_buckets: Bool | None = None  # batch rows of similar length together (less padding)
 
 
-@dataclass(frozen=True)
+@config
 class LoraConfig:
     """Low-rank adapters (peft) on the backbone; the classification head still trains in full.
 
@@ -215,21 +372,17 @@ class LoraConfig:
     (BERT: query/value, MPNet: q/v, GPT-2: c_attn, Llama/Qwen: q_proj/v_proj).
     """
 
-    r: int
-    alpha: int | None = None  # None: 2·r
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        _check_positive("lora_r", self.r)
-        _check_range("lora_dropout", self.dropout, 0.0, 1.0)
+    r: PositiveInt
+    alpha: PositiveInt | None = None  # None: 2·r
+    dropout: Unit = 0.0
+    target_modules: tuple[Str, ...] | None = None
 
     def effective(self) -> dict[str, Any]:
         return {"r": self.r, "alpha": self.alpha or 2 * self.r, "dropout": self.dropout,
                 "target_modules": list(self.target_modules) if self.target_modules else None}
 
 
-@dataclass(frozen=True)
+@config
 class Resources:
     """Where and how wide to run. Local and cluster runs differ only here.
 
@@ -239,37 +392,40 @@ class Resources:
     deadlock). ``torch_threads`` is what each worker really computes with.
     """
 
-    address: str | None = None
-    num_cpus: int | None = None
-    trial_cpus: float = 0.5
-    worker_cpus: float = 1.0
-    num_workers: int = 1
-    use_gpu: bool = False
-    max_concurrent_trials: int = 2
-    torch_threads: int | None = None
-    max_failures: int = 1
-    driver_resource: str | None = None  # a custom resource only non-spot nodes offer
-    dashboard: bool = False  # a local cluster's Ray dashboard (search stages start it: they need the State API)
-
-    def __post_init__(self) -> None:
-        _check_positive("num_workers", self.num_workers)
-        _check_positive("max_concurrent_trials", self.max_concurrent_trials)
-        for name in ("num_cpus", "torch_threads"):  # None: sized from the machine
-            if getattr(self, name) is not None:
-                _check_positive(name, getattr(self, name))
-        for name in ("trial_cpus", "worker_cpus"):
-            if not 0 < getattr(self, name) < math.inf:  # nan and inf fail too
-                raise ConfigError(name, f"{getattr(self, name)!r} must be a positive finite number")
-        if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < -1:
-            raise ConfigError("max_failures", f"{self.max_failures!r} must be >= 0, or -1 to retry forever")
+    address: Str | None = None
+    num_cpus: PositiveInt | None = None  # None: sized from the machine
+    trial_cpus: PositiveFloat = 0.5
+    worker_cpus: PositiveFloat = 1.0
+    num_workers: PositiveInt = 1
+    use_gpu: Bool = False
+    max_concurrent_trials: PositiveInt = 2
+    torch_threads: PositiveInt | None = None  # None: sized from the machine
+    max_failures: Annotated[int, Strict(), Field(ge=-1)] = 1  # -1: retry forever
+    driver_resource: Str | None = None  # a custom resource only non-spot nodes offer
+    dashboard: Bool = False  # a local cluster's Ray dashboard (search stages start it: they need the State API)
 
 
-OBJECTIVES = ("weak", "oracle")
+@config
+class SearchSettings:
+    """What an alpha search tries: TPE over logconf's knobs, ASHA on per-epoch validation.
+
+    Shared by :class:`SearchConfig` (one objective, one cell) and a spec's
+    ``search`` (a list of objectives).
+    """
+
+    num_samples: PositiveInt = 8
+    max_concurrent: PositiveInt = 2
+    alpha_max: UnitRange = (0.0, 1.0)
+    warmup_frac: UnitRange = (0.05, 0.5)
+    lr: LrRange | None = None  # log-uniform range; None: the model's default
+    grace_period: PositiveInt = 1  # epochs before ASHA may stop a trial
+    reduction_factor: Annotated[int, Strict(), Field(ge=2)] = 2
+    seed: NonNegInt = 0
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """An alpha search for one cell: TPE over logconf's knobs, ASHA on per-epoch validation.
+@config
+class SearchConfig(SearchSettings):
+    """An alpha search for one cell.
 
     ``objective`` picks what selection sees on the validation split:
     ``weak`` = accuracy against the weak labels (no ground truth anywhere);
@@ -277,58 +433,38 @@ class SearchConfig:
     The GT test set is never used by either.
     """
 
-    objective: str = "weak"
-    num_samples: int = 8
-    max_concurrent: int = 2
-    alpha_max: tuple[float, float] = (0.0, 1.0)
-    warmup_frac: tuple[float, float] = (0.05, 0.5)
-    lr: tuple[float, float] | None = None  # log-uniform range; None: the model's default
-    grace_period: int = 1  # epochs before ASHA may stop a trial
-    reduction_factor: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError("objective", f"unknown objective {self.objective!r}; allowed: {', '.join(OBJECTIVES)}")
-        for name in ("num_samples", "max_concurrent", "grace_period"):
-            _check_positive(name, getattr(self, name))
-        if self.reduction_factor < 2:
-            raise ConfigError("reduction_factor", f"{self.reduction_factor} must be >= 2")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("seed", f"{self.seed!r} must be a non-negative integer")
-        for name in ("alpha_max", "warmup_frac"):
-            lo, hi = getattr(self, name)
-            _check_range(f"{name}[0]", lo, 0.0, 1.0)
-            _check_range(f"{name}[1]", hi, lo, 1.0)
-        if self.lr is not None and not (0 < self.lr[0] <= self.lr[1] < 1):
-            raise ConfigError("lr", f"{list(self.lr)} must satisfy 0 < low <= high < 1")
+    objective: Objective = "weak"
 
 
-@dataclass(frozen=True)
+@config
 class ExperimentConfig:
-    """One cell: a (weak, strong) pair on a dataset with a loss and a seed."""
+    """One cell: a (weak, strong) pair on a dataset with a loss and a seed.
 
-    dataset: str
-    weak: str
-    strong: str
-    loss: LossConfig = field(default_factory=LossConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    train: TrainOverrides = field(default_factory=TrainOverrides)
-    model_train: tuple[tuple[str, TrainOverrides], ...] = ()  # per-model overrides, on top of ``train``
+    Owns the rules between its parts; their paths are the spec's, since specs build these.
+    """
+
+    dataset: Str
+    weak: Str
+    strong: Str
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    train: TrainOverrides = dataclasses.field(default_factory=TrainOverrides)
+    model_train: tuple[tuple[Str, TrainOverrides], ...] = ()  # per-model overrides, on top of ``train``
     search: SearchConfig | None = None  # set: the student's logconf knobs are searched, not fixed
-    chain: tuple[str, ...] = ()  # bootstrapping: models between weak and strong, each taught by the one before
-    bootstrap_slices: int = 0  # disjoint slices of half B for the chain's steps; 0: one per step
-    finetune: Finetune = field(default_factory=Finetune)  # a mode name is taken for both roles
-    test_curves: int = 0  # GT test accuracy points per epoch of the student (analysis only; probe: every epoch)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    chain: tuple[Str, ...] = ()  # bootstrapping: models between weak and strong, each taught by the one before
+    bootstrap_slices: NonNegInt = 0  # disjoint slices of half B for the chain's steps; 0: one per step
+    finetune: FinetuneField = dataclasses.field(default_factory=Finetune)  # a mode name: both roles
+    test_curves: TestCurves = 0  # GT test accuracy points per epoch of the student (analysis only; probe: every epoch)
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "finetune", Finetune.of(self.finetune))
         if self.finetune.any_probe and self.chain:
             raise ConfigError("finetune", "bootstrapping chains need finetune: full (probe mode runs direct "
                                           "students and alpha searches)")
         if self.chain and self.search is not None:
             raise ConfigError("bootstrap", "a bootstrapping chain and an alpha search cannot share a cell")
+        if self.search is not None and not self.split.n_val:
+            raise ConfigError("split.n_val", "a search needs validation rows held out of half B (n_val > 0)")
         steps = len(self.chain) + 1
         if self.chain and self.bootstrap_slices and self.bootstrap_slices < steps:
             raise ConfigError("bootstrap.slices", f"{self.bootstrap_slices} slices cannot feed {steps} steps")
