@@ -17,6 +17,33 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+RAY_FIXTURES = {"ray_cluster"}  # a test that asks for one of these (or for a fixture that does) starts Ray
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the shared Ray cluster ``ray``, so ``-m "not ray"`` (make test-fast) leaves it
+    out; tests that start Ray themselves (subprocess sweeps, extra clusters) carry the mark by hand."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_in_the_fast_tier(request: pytest.FixtureRequest):
+    """Under ``-m "not ray"`` a test that starts Ray without its mark fails at once instead of slowing the tier."""
+    if "not ray" not in (request.config.option.markexpr or ""):
+        yield
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test starts Ray: mark it @pytest.mark.ray (make test-fast runs -m 'not ray')")
+
+    original, ray.init = ray.init, refuse
+    yield
+    ray.init = original
+
+
 @pytest.fixture(scope="session", autouse=True)
 def asset_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """W2S_RAY_HOME with the sampled task.json files (the 358 MB sdist stays out of tests)."""
