@@ -268,6 +268,23 @@ class ProbeConfig:
     weight_decay: Unit = 0.0
 
 
+@config
+class GenerativeFinetune:
+    """Generative finetuning (paper §5.2.2): the strong model trained as a language model on the task's
+    unlabelled texts (halves A and B) before its ceiling and students; see :mod:`w2s_ray.adapt`."""
+
+    epochs: PositiveInt = 1
+    lr: OpenUnit = 5e-5
+    max_len: PositiveInt = 128
+    batch_size: PositiveInt = 16
+    mask_prob: OpenUnit = 0.15  # masked LM: the share of real tokens that become targets (BERT's 15%)
+
+    @property
+    def label(self) -> str:
+        """What a results row says about it (``off`` when not used)."""
+        return f"lm {self.epochs}ep lr={self.lr:g}"
+
+
 def _finetune_of(value: Any) -> Any:
     """A mode name means that mode for both roles."""
     if isinstance(value, str):
@@ -456,8 +473,12 @@ class ExperimentConfig:
     finetune: FinetuneField = dataclasses.field(default_factory=Finetune)  # a mode name: both roles
     test_curves: TestCurves = 0  # GT test accuracy points per epoch of the student (analysis only; probe: every epoch)
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+    generative_finetune: GenerativeFinetune | None = None  # set: the strong model is adapted to the texts first
 
     def __post_init__(self) -> None:
+        if self.generative_finetune is not None and self.finetune.strong == "probe":
+            raise ConfigError("generative_finetune", "adapts a fine-tuned strong model; with finetune.strong: "
+                                                     "probe there is no training for it to start")
         if self.finetune.any_probe and self.chain:
             raise ConfigError("finetune", "bootstrapping chains need finetune: full (probe mode runs direct "
                                           "students and alpha searches)")

@@ -28,6 +28,7 @@ from w2s_ray.config import (
     ExperimentConfig,
     Finetune,
     FinetuneField,
+    GenerativeFinetune,
     LossConfig,
     LossName,
     NonNegInt,
@@ -159,6 +160,7 @@ class SweepSpec:
     test_curves: TestCurves = 0
     description: Str = ""
     tracking: Tracker | None = None  # log trainings and cells (w2s_ray.tracking)
+    generative_finetune: GenerativeFinetune | None = None  # adapt the strong model to the task's texts first
     # grids whose union is the sweep: each part is a mapping of spec fields (all but name, resources,
     # tracking and parts) that replace the top level's for that grid; cells that two parts share run once
     parts: list[dict[Str, Any]] = dataclasses.field(default_factory=list)
@@ -207,7 +209,8 @@ class SweepSpec:
         chains = self.chain_list()
         slices = self.bootstrap.slice_count(chains) if self.bootstrap is not None else 0
         common = {"train": self.train, "model_train": model_train, "finetune": self.finetune,
-                  "probe": self.probe, "test_curves": self.test_curves}
+                  "probe": self.probe, "test_curves": self.test_curves,
+                  "generative_finetune": self.generative_finetune}
         direct = [
             ExperimentConfig(dataset=ds, weak=weak, strong=strong, loss=loss, split=self._split(seed),
                              search=search, **common)
