@@ -36,7 +36,9 @@ CLAIMS = {
     "d": "agreement with the supervisor falls as the student grows",
     "e": "early-stopped (oracle best) PGR above final PGR",
     "f": "bootstrapping beats the direct student",
+    "g": "generative finetuning raises PGR",
 }
+OFF = "off"  # the generative_finetune value of a cell whose strong model was not adapted
 
 
 def _verdict(lo: float, hi: float, sign: int) -> str:
@@ -136,14 +138,35 @@ def claim_f(cells: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def claim_g(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    """PGR with generative finetuning minus without, per grid point, paired by seed (paper §5.2.2)."""
+    out = []
+    fixed = _fixed(cells)
+    same = ["dataset", "weak", "strong", "base_finetune", "loss", "alpha_max"]
+    plain = fixed[fixed["generative_finetune"] == OFF]
+    for key, g in fixed[fixed["generative_finetune"] != OFF].groupby([*same, "generative_finetune"], sort=False):
+        d = dict(zip([*same, "generative_finetune"], key))
+        base = plain[np.logical_and.reduce([plain[c] == d[c] for c in same])]
+        if base.empty:
+            continue
+        loss = d["loss"] if d["loss"] == "xent" else f"{d['loss']}(a={d['alpha_max']:g})"
+        out.append(_comparison("g", f"PGR adapted ({d['generative_finetune']}) - not, {d['weak']} -> {d['strong']} "
+                                    f"({loss})", d["dataset"], _by_seed(g, "pgr") - _by_seed(base, "pgr")))
+    return out
+
+
 TESTS: dict[str, Callable[[pd.DataFrame], list[dict[str, Any]]]] = {
-    "a": claim_a, "b": claim_b, "c": claim_c, "d": claim_d, "e": claim_e, "f": claim_f}
+    "a": claim_a, "b": claim_b, "c": claim_c, "d": claim_d, "e": claim_e, "f": claim_f, "g": claim_g}
 
 
 def comparisons(cells: pd.DataFrame) -> pd.DataFrame:
     """Every comparison the table allows, one row each (cells: the results rows with status ok)."""
     cells = cells.copy()
     cells["finetune"] = cells.get("finetune", "full")
+    cells["generative_finetune"] = cells.get("generative_finetune", OFF)
+    cells["base_finetune"] = cells["finetune"]  # claims (a)-(f) never pair an adapted cell with a plain one:
+    adapted = cells["generative_finetune"] != OFF
+    cells.loc[adapted, "finetune"] = cells.loc[adapted, "finetune"] + "+adapted"
     if "status" in cells:
         cells = cells[cells["status"] == "ok"]
     rows = [r for test in TESTS.values() for r in test(cells) if r is not None]

@@ -276,13 +276,18 @@ def _no_dropout(config: Any) -> None:
             setattr(config, name, 0.0)
 
 
-def load_pretrained(spec: ModelSpec) -> tuple[Classifier, Any]:
-    """A fresh classifier on pretrained weights, and its tokenizer."""
+def load_pretrained(spec: ModelSpec, backbone_dir: Path | None = None) -> tuple[Classifier, Any]:
+    """A fresh classifier on pretrained weights, and its tokenizer.
+
+    ``backbone_dir``: the backbone an ``adapt`` stage wrote (already cut to
+    the spec's layers) instead of the spec's own source.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    src = resolve_source(spec.source)
-    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    src = str(backbone_dir) if backbone_dir is not None else resolve_source(spec.source)
+    kwargs = {"revision": spec.revision if backbone_dir is None else None,
+              "trust_remote_code": spec.trust_remote_code}
     config = AutoConfig.from_pretrained(src, **kwargs)
     _no_dropout(config)
     if spec.num_layers is not None:

@@ -10,6 +10,9 @@ Stage kinds:
   ``train`` : fine-tune a model on GT or weak labels (Ray Train in a Tune trial)
   ``infer`` : a trained model's P(class 1) on a split (Ray Data batch inference);
               on B these are the weak labels, on test the predictions
+  ``adapt`` : generative finetuning (``generative_finetune``): the strong model
+              trained as a language model on the texts of A and B, no labels;
+              its ceiling and students start from it (Ray Train in a Tune trial)
 
 A role whose finetune mode is ``probe`` (``finetune: probe``, or per role:
 ``finetune: {weak: full, strong: probe}``) swaps the last two for:
@@ -28,6 +31,7 @@ from w2s_ray.artifacts import stage_key
 from w2s_ray.config import (
     ConfigError,
     ExperimentConfig,
+    GenerativeFinetune,
     LoraConfig,
     LossConfig,
     ProbeConfig,
@@ -79,16 +83,29 @@ def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: in
     )
 
 
+def adapt_stage(model: ModelSpec, adapt: GenerativeFinetune, seed: int, data: Stage) -> Stage:
+    """Generative finetuning of ``model`` on the texts of the training halves (see :mod:`w2s_ray.adapt`).
+
+    Keyed by model, data (the texts), hyperparameters and seed: one adaptation
+    serves the ceiling and every student of that model, whatever the loss,
+    alpha or weak model.
+    """
+    params = {"model": model.effective(), "adapt": asdict(adapt), "seed": seed, "splits": ["A", "B"]}
+    return _stage("adapt", f"adapt {model.name} to the texts of A+B ({adapt.label})", params, {"data": data.key},
+                  "adapt")
+
+
 def train_stage(
     role: str, model: ModelSpec, train: TrainConfig, loss: LossConfig, data: Stage, split: str,
     labels: Stage | None = None, teacher: str = "", test_curves: int = 0, lora: LoraConfig | None = None,
-    buckets: bool = False,
+    buckets: bool = False, init: Stage | None = None,
 ) -> Stage:
     """Fine-tune on ``split``: GT labels if ``labels`` is None, else those weak labels.
 
     ``test_curves``: also log GT test accuracy that many times per epoch
-    (analysis only; nothing selects on it). Only set when asked, so other
-    keys never change.
+    (analysis only; nothing selects on it). ``init``: an ``adapt`` stage whose
+    backbone replaces the pretrained one. Each is only in the key when set,
+    so other keys never change.
     """
     params = {
         "model": model.effective(),
@@ -105,11 +122,12 @@ def train_stage(
         params["monitor"] = "gt_test"
         if test_curves > 1:
             params["monitor_points"] = int(test_curves)
-    inputs = {"data": data.key} | ({"labels": labels.key} if labels is not None else {})
+    inputs = {"data": data.key} | ({"labels": labels.key} if labels is not None else {}) \
+        | ({"init": init.key} if init is not None else {})
     source = "GT" if labels is None else f"labels of {teacher or 'weak'}"
     part = labels.params.get("slice") if labels is not None else None
     where = f"{split} slice {part[0] + 1}/{part[1]}" if part else split
-    how = f", LoRA r={lora.r}" if lora is not None else ""
+    how = (f", LoRA r={lora.r}" if lora is not None else "") + (", adapted" if init is not None else "")
     return _stage("train", f"{role} {model.name} on {where} ({source}, {loss.label}{how})", params, inputs, role)
 
 
@@ -139,13 +157,17 @@ SELECT_COLUMN = {"weak": "p1", "oracle": "label"}
 
 
 def search_stage(model: ModelSpec, train: TrainConfig, search: SearchConfig, data: Stage, labels: Stage,
-                 val_labels: Stage, teacher: str, lora: LoraConfig | None = None) -> Stage:
-    """An alpha search for one (weak, strong) cell: many logconf students, one selected on validation."""
+                 val_labels: Stage, teacher: str, lora: LoraConfig | None = None, init: Stage | None = None) -> Stage:
+    """An alpha search for one (weak, strong) cell: many logconf students, one selected on validation.
+
+    Its trials inherit its inputs, so with ``init`` every trial starts from the adapted backbone.
+    """
     params = {"model": model.effective(), "train": asdict(train), "loss": {"name": "logconf"}, "split": "B",
               "targets": "weak", "search": asdict(search)}
     if lora is not None:
         params["lora"] = lora.effective()
-    inputs = {"data": data.key, "labels": labels.key, "val_labels": val_labels.key}
+    inputs = {"data": data.key, "labels": labels.key, "val_labels": val_labels.key} \
+        | ({"init": init.key} if init is not None else {})
     return _stage("search", f"alpha search {model.name} on labels of {teacher} (objective {search.objective})",
                   params, inputs, "search")
 
@@ -206,7 +228,8 @@ def cell_stage_keys(cell: Cell) -> list[str]:
     return [getattr(cell, f) for f in Cell.__dataclass_fields__ if f != "config"]
 
 
-LATE_KINDS = ("train", "search")  # see Plan.layers
+TRAINING_KINDS = ("train", "adapt")  # stages that fine-tune a model in a Tune trial (Ray Train)
+LATE_KINDS = (*TRAINING_KINDS, "search")  # see Plan.layers
 
 
 @dataclass
@@ -304,6 +327,7 @@ class RoleStages:
     data: Stage
     model: ModelSpec
     mode: str
+    role: str  # weak or strong: generative finetuning adapts the strong model only, as in the paper
 
     @property
     def train(self) -> TrainConfig:
@@ -313,6 +337,14 @@ class RoleStages:
     def features(self) -> Stage:
         return self.plan.add(features_stage(self.model, self.train.max_len, self.data))
 
+    @property
+    def init(self) -> Stage | None:
+        """The adapted backbone this role's trainings start from (``generative_finetune``), or None."""
+        adapt = self.cfg.generative_finetune
+        if adapt is None or self.role != "strong":
+            return None
+        return self.plan.add(adapt_stage(self.model, adapt, self.cfg.split.seed, self.data))
+
     def fit(self, role: str, loss: LossConfig, split: str, labels: Stage | None = None, teacher: str = "",
             test_curves: int = 0) -> Stage:
         """Train on ``split``: GT if ``labels`` is None, else those weak labels."""
@@ -321,7 +353,7 @@ class RoleStages:
                                              self.features, self.data, split, labels, teacher))
         return self.plan.add(train_stage(role, self.model, self.train, loss, self.data, split, labels, teacher,
                                          test_curves, lora_config(self.cfg, self.model.name),
-                                         bool(self.cfg.overrides_for(self.model.name).length_buckets)))
+                                         bool(self.cfg.overrides_for(self.model.name).length_buckets), self.init))
 
     def predict(self, role: str, fitted: Stage, split: str) -> Stage:
         if self.mode == "probe":
@@ -333,7 +365,7 @@ class RoleStages:
             return self.plan.add(probe_search_stage(self.model, self.cfg.probe, self.cfg.split.seed, search,
                                                     self.features, self.data, labels, val_labels, teacher))
         return self.plan.add(search_stage(self.model, self.train, search, self.data, labels, val_labels, teacher,
-                                          lora_config(self.cfg, self.model.name)))
+                                          lora_config(self.cfg, self.model.name), self.init))
 
 
 def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
@@ -343,8 +375,8 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     weak_model = resolve_model(cfg.weak, "weak")
     strong_model = resolve_model(cfg.strong, "strong")
     data = plan.add(data_stage(ds, cfg.split))
-    weak_side = RoleStages(plan, cfg, ds, data, weak_model, cfg.finetune.weak)
-    strong_side = RoleStages(plan, cfg, ds, data, strong_model, cfg.finetune.strong)
+    weak_side = RoleStages(plan, cfg, ds, data, weak_model, cfg.finetune.weak, "weak")
+    strong_side = RoleStages(plan, cfg, ds, data, strong_model, cfg.finetune.strong, "strong")
     weak = weak_side.fit("weak", GT_LOSS, "A")
     labels = None if cfg.chain else weak_side.predict("weak", weak, "B")
     ceiling = strong_side.fit("ceiling", GT_LOSS, "B")
@@ -354,7 +386,7 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
         val_labels = weak_side.predict("weak", weak, "val")
         student = strong_side.search(cfg.search, labels, val_labels, weak_model.name)
     elif cfg.chain:
-        labels, student = _plan_chain(plan, cfg, ds, weak, weak_model, strong_model, strong_side.train, data)
+        labels, student = _plan_chain(plan, cfg, ds, weak, weak_model, strong_model, strong_side, data)
     else:
         student = strong_side.fit("student", cfg.loss, "B", labels, weak_model.name, cfg.test_curves)
     tests = [weak_side.predict("weak", weak, "test"), strong_side.predict("ceiling", ceiling, "test")]
@@ -366,7 +398,7 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
 
 
 def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage, weak_model: ModelSpec,
-                strong_model: ModelSpec, strong_train: TrainConfig, data: Stage) -> tuple[Stage, Stage]:
+                strong_model: ModelSpec, strong: RoleStages, data: Stage) -> tuple[Stage, Stage]:
     """Bootstrapping: weak → chain[0] → … → strong, step j trained on slice j-1 of B as labelled by step j-1.
 
     Every step is an ordinary keyed stage, so chains that share a prefix (and
@@ -380,11 +412,12 @@ def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage,
         labels = plan.add(infer_stage("weak" if j == 0 else "bootstrap", teacher, data, "B", (j, slices)))
         first = first or labels
         last = j == len(models) - 1
-        train = strong_train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)
+        train = strong.train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)
         teacher = plan.add(train_stage("student" if last else "bootstrap", model, train, cfg.loss, data, "B",
                                        labels, teacher_model.name, cfg.test_curves if last else 0,
                                        lora_config(cfg, model.name),
-                                       bool(cfg.overrides_for(model.name).length_buckets)))
+                                       bool(cfg.overrides_for(model.name).length_buckets),
+                                       strong.init if last else None))
         teacher_model = model
     return first, teacher
 

@@ -197,6 +197,9 @@ def stage_cost(stage: Any, split_rows: dict[str, int], model: dict[str, Any] | N
         tokens = split_rows.get(p["split"], 0) * p["train"]["max_len"] * p["train"]["epochs"]
         trainings = p["search"]["num_samples"] if stage.kind == "search" else 1
         return 6 * model_params_m(p["model"]) * tokens / 1e6 * trainings
+    if stage.kind == "adapt":  # a language model over the texts of every split it reads
+        tokens = sum(split_rows.get(s, 0) for s in p["splits"]) * p["adapt"]["max_len"] * p["adapt"]["epochs"]
+        return 6 * model_params_m(p["model"]) * tokens / 1e6
     if stage.kind == "infer":
         return 2 * model_params_m(model or {}) * split_rows.get(p["split"], 0) \
             * p["max_len"] / 1e6

@@ -30,6 +30,20 @@ if TYPE_CHECKING:
 
 FIGURES = ("accuracy_vs_size.png", "pgr_heatmap.png", "pgr_by_loss.png", "pgr_vs_size.png")
 PROBE = " [probe]"
+ADAPTED = " [adapted]"  # the strong model after generative finetuning
+VARIANTS = {"": ("-", ""), PROBE: ("--", " (probe students)"), ADAPTED: (":", " (adapted students)")}  # line, label
+
+
+def base_name(name: str) -> str:
+    """A model name without the suffixes :func:`with_modes` adds."""
+    for suffix in (ADAPTED, PROBE):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def variant_of(name: str) -> str:
+    """The suffix :func:`with_modes` gave a name ("" for a fully fine-tuned, unadapted model)."""
+    return name[len(base_name(name)):]
 
 
 def loss_label(row: dict[str, Any] | pd.Series) -> str:
@@ -42,9 +56,14 @@ def loss_label(row: dict[str, Any] | pd.Series) -> str:
 
 
 def with_modes(frame: pd.DataFrame) -> pd.DataFrame:
-    """``weak`` / ``strong`` suffixed with `` [probe]`` where that role was a linear probe on frozen features."""
+    """``weak`` / ``strong`` suffixed with `` [probe]`` where that role was a linear probe on frozen features,
+    and ``strong`` with `` [adapted]`` where generative finetuning adapted it first."""
     if "finetune" not in frame:
         return frame
+    if "generative_finetune" in frame:
+        adapted = frame["generative_finetune"].fillna("off").astype(str) != "off"
+        strong = frame["strong"].astype(str)
+        frame = frame.assign(strong=strong.where(~adapted | strong.str.endswith(ADAPTED), strong + ADAPTED))
     mode = frame["finetune"].fillna("full").astype(str)
     weak_probe = (mode == "probe") | mode.str.startswith("weak=probe")
     strong_probe = (mode == "probe") | mode.str.endswith("strong=probe")
@@ -58,7 +77,7 @@ def model_size(name: str) -> float:
     """Millions of parameters for plotting (a probe's backbone counts); NaN when unknown: plot by order."""
     from w2s_ray.presets import size_of
 
-    return size_of(name.removesuffix(PROBE))
+    return size_of(base_name(name))
 
 
 def _pyplot() -> ModuleType:
@@ -98,17 +117,16 @@ def _size_panels(agg: pd.DataFrame) -> tuple[Any, list[tuple[Any, tuple[str, str
 def plot_accuracy_vs_size(agg: pd.DataFrame, out: Path) -> Path:
     fig, panels, x_of = _size_panels(agg)
     for ax, (dataset, loss), g in panels:
-        probe = g["strong"].str.endswith(PROBE)
-        for part, style, what in ((g[~probe], "-", ""), (g[probe], "--", ", probe")):  # one line per mode
+        variant = g["strong"].map(variant_of)
+        for v, part in g.groupby(variant, sort=False):  # one ceiling line per mode
             ceil = part.groupby("strong")["ceiling_acc_mean"].mean().sort_index(key=lambda s: s.map(x_of))
-            if len(ceil):
-                ax.plot([x_of[m] for m in ceil.index], ceil.values, f"k{style}o", label=f"strong ceiling (GT{what})",
-                        zorder=3)
+            ax.plot([x_of[m] for m in ceil.index], ceil.values, f"k{VARIANTS[v][0]}o",
+                    label=f"strong ceiling (GT{VARIANTS[v][1]})", zorder=3)
         colors: dict[str, Any] = {}
-        for (weak, is_probe), gw in g.groupby(["weak", probe], sort=False):
+        for (weak, v), gw in g.groupby(["weak", variant], sort=False):
             gw = gw.sort_values("strong", key=lambda s: s.map(x_of))
-            line, = ax.plot([x_of[m] for m in gw["strong"]], gw["student_acc_mean"], "--o" if is_probe else "-o",
-                            color=colors.get(weak), label=f"weak {weak}" + (" (probe students)" if is_probe else ""))
+            line, = ax.plot([x_of[m] for m in gw["strong"]], gw["student_acc_mean"], f"{VARIANTS[v][0]}o",
+                            color=colors.get(weak), label=f"weak {weak}{VARIANTS[v][1]}")
             colors.setdefault(weak, line.get_color())
             ax.plot([x_of[weak]], [gw["weak_acc_mean"].iloc[0]], "*", ms=12, color=colors[weak])
         ax.set_xscale("log")
@@ -242,14 +260,13 @@ def plot_pgr_vs_size(agg: pd.DataFrame, out: Path) -> Path:
     fig, panels, x_of = _size_panels(agg)
     methods = sorted({str(m) for m in agg.get("pgr_ci_method", pd.Series(dtype=str)).dropna()})
     for ax, (dataset, loss), g in panels:
-        probe = g["strong"].str.endswith(PROBE)
-        for (weak, is_probe), gw in g.groupby(["weak", probe], sort=False):
+        for (weak, v), gw in g.groupby(["weak", g["strong"].map(variant_of)], sort=False):
             gw = gw.sort_values("strong", key=lambda s: s.map(x_of))
             mean = gw["pgr_mean"].astype(float)
             err = [(mean - gw["pgr_ci_low"].astype(float)).clip(lower=0).fillna(0),
                    (gw["pgr_ci_high"].astype(float) - mean).clip(lower=0).fillna(0)]
-            ax.errorbar([x_of[m] for m in gw["strong"]], mean, yerr=err, fmt="--o" if is_probe else "-o",
-                        capsize=3, label=f"weak {weak}" + (" (probe students)" if is_probe else ""))
+            ax.errorbar([x_of[m] for m in gw["strong"]], mean, yerr=err, fmt=f"{VARIANTS[v][0]}o",
+                        capsize=3, label=f"weak {weak}{VARIANTS[v][1]}")
         ax.axhline(0, color="k", lw=0.8)
         if g["pgr_mean"].astype(float).notna().any():  # every PGR n/a (degenerate gaps): nothing to scale
             ax.set_xscale("log")
@@ -307,8 +324,7 @@ def _claims_section(cells: pd.DataFrame, results_dir: Path) -> str:
     """The paper's claims this table can test (``claims.csv``: every comparison), summarised per dataset."""
     from w2s_ray.claims import comparisons, summary
 
-    comps = comparisons(cells.assign(weak=cells["weak"].str.removesuffix(PROBE),
-                                     strong=cells["strong"].str.removesuffix(PROBE)))
+    comps = comparisons(cells.assign(weak=cells["weak"].map(base_name), strong=cells["strong"].map(base_name)))
     if comps.empty:
         return ""
     comps.to_csv(results_dir / "claims.csv", index=False)

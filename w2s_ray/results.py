@@ -85,7 +85,8 @@ def _cell_fields(cell: Cell) -> dict[str, Any]:
     cfg = cell.config
     return {"dataset": cfg.dataset, "weak": cfg.weak, "strong": cfg.strong,
             "loss": "logconf" if cfg.search is not None else cfg.loss.name, "seed": cfg.split.seed,
-            "finetune": cfg.finetune.label}
+            "finetune": cfg.finetune.label,
+            "generative_finetune": cfg.generative_finetune.label if cfg.generative_finetune else "off"}
 
 
 def incomplete_row(cell: Cell, status: str, reason: str | None) -> dict[str, Any]:
@@ -158,7 +159,8 @@ def curve_fields(history: list[dict[str, Any]], row: dict[str, Any]) -> dict[str
             "pgr_best": metrics.pgr(row["weak_acc"], accs[best], row["ceiling_acc"]).value}
 
 
-GROUP = ["dataset", "weak", "strong", "finetune", "loss", "method", "alpha_max", "warmup_frac"]  # + chain
+GROUP = ["dataset", "weak", "strong", "finetune", "generative_finetune", "loss", "method", "alpha_max",
+         "warmup_frac"]  # + chain
 
 
 def aggregate(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -170,7 +172,8 @@ def aggregate(rows: list[dict[str, Any]]) -> pd.DataFrame:
     must clear.
     """
     frame = pd.DataFrame(rows)
-    frame["finetune"] = frame.get("finetune", "full")  # older tables lack the column
+    frame["finetune"] = frame.get("finetune", "full")  # older tables lack the columns
+    frame["generative_finetune"] = frame.get("generative_finetune", "off")
     out = []
     group = GROUP + (["chain"] if "chain" in frame else [])  # two chains between one pair stay apart
     for key, g in frame.groupby(group, dropna=False, sort=False):

@@ -22,7 +22,7 @@ from typing import Any
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.plan import Plan, Stage
+from w2s_ray.plan import TRAINING_KINDS, Plan, Stage
 
 Meta = dict[str, Any]
 
@@ -72,6 +72,12 @@ def run_training(stage: Stage, ctx: StageContext) -> Meta:
     return fit_train_stage(stage, ctx.store, ctx.resources, ctx.storage_path, ctx.threads)
 
 
+def run_adaptation(stage: Stage, ctx: StageContext) -> Meta:
+    from w2s_ray.adapt import fit_adapt_stage
+
+    return fit_adapt_stage(stage, ctx.store, ctx.resources, ctx.storage_path, ctx.threads)
+
+
 def run_inference(stage: Stage, ctx: StageContext) -> Meta:
     from w2s_ray.label import run_infer_stage
 
@@ -110,6 +116,11 @@ def _trained(stage: Stage, meta: Meta) -> str:
     return "trained"
 
 
+def _adapted(stage: Stage, meta: Meta) -> str:
+    h = meta["history"]
+    return f"{h[-1]['objective_kind']} loss {h[0]['lm_loss']:.3f} -> {h[-1]['lm_loss']:.3f}"
+
+
 def _selected(stage: Stage, meta: Meta) -> str:
     b = meta["best"]
     return (f"selected a={b['alpha_max']:g} w={b['warmup_frac']:g} (validation objective {meta['objective']}: "
@@ -119,6 +130,7 @@ def _selected(stage: Stage, meta: Meta) -> str:
 RUNNERS: dict[str, Runner] = {
     "data": Runner(run_data, "thread", _rows),
     "train": Runner(run_training, "trial", _trained),
+    "adapt": Runner(run_adaptation, "trial", _adapted),
     "infer": Runner(run_inference, "thread", _rows),
     "features": Runner(run_features, "thread", _rows),
     "probe": Runner(run_head, "task", _rows, task_cpus=1),
@@ -141,7 +153,7 @@ def stage_threads(plan: Plan, resources: Resources, cores: int | None = None) ->
         return dict.fromkeys(plan.stages, resources.torch_threads)
     threads = {key: 1 if s.kind in ("probe", "probeinfer") else cores for key, s in plan.stages.items()}
     for layer in plan.layers():
-        trainings = [s for s in layer if s.kind == "train"]
+        trainings = [s for s in layer if s.kind in TRAINING_KINDS]
         side_by_side = max(1, min(len(trainings), resources.max_concurrent_trials))
         for s in trainings:
             threads[s.key] = max(1, cores // side_by_side)

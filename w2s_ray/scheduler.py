@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
@@ -40,7 +40,7 @@ from typing import Any
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.plan import Plan, Stage
+from w2s_ray.plan import TRAINING_KINDS, Plan, Stage
 from w2s_ray.runners import RUNNERS, Runner, StageContext, stage_threads
 from w2s_ray.runtime import root_cause
 
@@ -130,9 +130,9 @@ class Dataflow:
     def finished(self) -> bool:
         return not any(s in (State.WAITING, State.RUNNING) for s in self.state.values())
 
-    def waiting(self, kind: str) -> bool:
-        """Whether a stage of ``kind`` may still start (some are waiting)."""
-        return any(st == State.WAITING and self.stages[k].kind == kind for k, st in self.state.items())
+    def waiting(self, kinds: Collection[str]) -> bool:
+        """Whether a stage of one of ``kinds`` may still start (some are waiting)."""
+        return any(st == State.WAITING and self.stages[k].kind in kinds for k, st in self.state.items())
 
 
 @dataclass
@@ -179,7 +179,7 @@ def pools_for(resources: Resources, cores: int | None = None) -> Pools:
 
 def stage_request(stage: Stage, threads: int, resources: Resources) -> dict[str, float]:
     """What a stage takes from the pools while it runs."""
-    if stage.kind == "train":
+    if stage.kind in TRAINING_KINDS:
         return {"trainings": 1, "cores": threads}
     if stage.kind == "search":
         k = min(stage.params["search"]["max_concurrent"], resources.max_concurrent_trials)
@@ -262,6 +262,7 @@ class Scheduler:
                  progress: Progress, runners: dict[str, Runner]) -> None:
         self.plan, self.store, self.resources, self.storage_path = plan, store, resources, storage_path
         self.progress, self.runners = progress, runners
+        self.trial_kinds = frozenset(k for k, r in runners.items() if r.where == "trial")  # run in Tune trials
         self.report = ExecutionReport()
         committed = {k for k in plan.stages if store.exists(k)}
         self.flow = Dataflow(plan, committed, stage_costs(plan))
@@ -398,7 +399,7 @@ class Scheduler:
         self.step()
         if self.trial_queue:
             return {"stage": self.trial_queue.popleft()}
-        return None if self.flow.waiting("train") else Searcher.FINISHED
+        return None if self.flow.waiting(self.trial_kinds) else Searcher.FINISHED
 
     def trial_committed(self, trial: Any, result: dict[str, Any]) -> None:
         """The trial reported its model committed: the training is done, its slot free for the next one.
@@ -433,10 +434,10 @@ class Scheduler:
         from w2s_ray.runtime import quiet_tune_logs, trial_driver_request
 
         trainings = [k for k, s in self.plan.stages.items()
-                     if s.kind == "train" and self.flow.state[k] in (State.WAITING, State.RUNNING)]
-        run = self.runners["train"].run
+                     if s.kind in self.trial_kinds and self.flow.state[k] in (State.WAITING, State.RUNNING)]
+        runs = {kind: self.runners[kind].run for kind in self.trial_kinds}
         trainable = tune.with_parameters(training_trial, stages={k: self.plan.stages[k] for k in trainings},
-                                         contexts={k: self.contexts[k] for k in trainings}, run=run)
+                                         contexts={k: self.contexts[k] for k in trainings}, runs=runs)
         digest = hashlib.sha256("".join(sorted(trainings)).encode()).hexdigest()[:12]
         tuner = tune.Tuner(
             tune.with_resources(trainable, trial_driver_request(self.resources)),
@@ -472,7 +473,7 @@ def _minutes(seconds: float) -> str:
 
 
 def training_trial(config: dict[str, Any], stages: dict[str, Stage], contexts: dict[str, StageContext],
-                   run: Callable[[Stage, StageContext], dict[str, Any]]) -> None:
+                   runs: dict[str, Callable[[Stage, StageContext], dict[str, Any]]]) -> None:
     """A Tune function trial: run one training (committing its model), then report that it committed."""
     from ray import tune
 
@@ -480,7 +481,7 @@ def training_trial(config: dict[str, Any], stages: dict[str, Stage], contexts: d
     if ctx.store.exists(stage.key):  # committed by an earlier attempt of this trial
         tune.report({"committed": 1, "seconds": 0.0})
         return
-    meta = run(stage, ctx)
+    meta = runs[stage.kind](stage, ctx)
     tune.report({"committed": 1, "seconds": float(meta.get("seconds", 0.0))})
 
 

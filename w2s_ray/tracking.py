@@ -24,7 +24,7 @@ from typing import Any
 
 from w2s_ray.config import TRACKERS, ConfigError
 
-TRACKED_KINDS = ("train", "probe")  # stages that learn: one run each
+TRACKED_KINDS = ("train", "adapt", "probe")  # stages that learn: one run each
 CELL_METRICS = ("weak_acc", "student_acc", "ceiling_acc", "pgr", "pgr_ci_low", "pgr_ci_high", "pgr_best",
                 "agreement", "weak_auroc", "student_auroc", "ceiling_auroc")
 

@@ -64,6 +64,7 @@ class LoopConfig:
     lora: dict[str, Any] | None = None  # low-rank adapters (see config.LoraConfig); None: every weight trains
     length_buckets: bool = False  # batch rows of similar length together (less padding; see ingest)
     sources: dict[str, dict[str, Any]] | None = None  # tables read in memory (see ingest); others are Ray Data shards
+    init: dict[str, str] | None = None  # {"store", "key"} of the adapted backbone to start from (generative finetuning)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -236,7 +237,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = torch.load(Path(d) / TRAIN_STATE, weights_only=True)
             history = json.loads((Path(d) / "history.json").read_text())
     else:
-        model, tokenizer = load_pretrained(model_spec(cfg.model))
+        model, tokenizer = load_pretrained(model_spec(cfg.model), _adapted_backbone(cfg.init))
         if cfg.lora:
             model = apply_lora(model, cfg.lora)
         state, history = None, []
@@ -309,6 +310,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
 
 
+def _adapted_backbone(init: dict[str, str] | None) -> Path | None:
+    """The local directory of an ``adapt`` stage's backbone (downloaded once if the store is remote)."""
+    if init is None:
+        return None
+    from w2s_ray.adapt import BACKBONE_DIR
+    from w2s_ray.artifacts import ArtifactStore
+
+    return ArtifactStore(init["store"]).local_dir(init["key"]) / BACKBONE_DIR
+
+
 def fit_train_stage(
     stage: Any, store: Any, resources: Any, storage_path: str, torch_threads: int | None = None,
     callbacks: Sequence[Any] = (),
@@ -332,7 +343,8 @@ def fit_train_stage(
                       gradient_checkpointing=gpu["gradient_checkpointing"],
                       monitor=params.get("monitor_points", 1) if "monitor" in sources else 0,
                       lora=params.get("lora"), length_buckets=bool(params.get("length_buckets")),
-                      sources=memory)
+                      sources=memory,
+                      init={"store": store.uri, "key": stage.inputs["init"]} if "init" in stage.inputs else None)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.__dict__,
