@@ -458,6 +458,9 @@ def gpu_need(stage: Stage) -> dict[str, Any] | None:
     model = stage.params["model"]
     if not model["source"].startswith("hub:"):
         return None
+    if stage.kind == "adapt":  # a language model's step: its batch at once, no LoRA
+        a = stage.params["adapt"]
+        return trial_resources(resolve_model(model["name"]), minibatch_size=a["batch_size"], max_len=a["max_len"])
     return trial_resources(resolve_model(model["name"]), minibatch_size=stage.params["train"]["minibatch_size"],
                            max_len=stage.params["train"]["max_len"], lora=bool(stage.params.get("lora")))
 
@@ -465,7 +468,7 @@ def gpu_need(stage: Stage) -> dict[str, Any] | None:
 def check_gpu_fit(plan: Plan) -> None:
     """Refuse, before anything starts, a plan with a GPU training that its trial could not run."""
     for stage in plan.stages.values():
-        need = gpu_need(stage) if stage.kind in ("train", "search") else None
+        need = gpu_need(stage) if stage.kind in LATE_KINDS else None
         if need is not None and not need["fits"]:
             raise ConfigError(f"models.{stage.params['model']['name']}", f"{stage.name}: {need['refusal']}")
 
@@ -489,7 +492,7 @@ def describe_plan(spec: Any, plan: Plan) -> str:
     """``w2s-ray plan``: the unique stages per role, what each training asks for, and the cells."""
     r = spec.resources
     counts = plan.role_counts()
-    trainings = sum(v for k, v in counts.items() if k in ("weak", "ceiling", "student", "bootstrap"))
+    trainings = sum(v for k, v in counts.items() if k in ("weak", "ceiling", "student", "bootstrap", "adapt"))
     searches = [s for s in plan.stages.values() if s.kind == "search"]
     budget = sum(s.params["search"]["num_samples"] for s in searches)
     variants = len(spec.loss_configs()) + (len(spec.search.objectives) if spec.search else 0)
@@ -507,16 +510,16 @@ def describe_plan(spec: Any, plan: Plan) -> str:
         f"resources: profile {r.profile}, max {r.max_concurrent_trials} concurrent trial(s), "
         f"{r.num_workers} Train worker(s) per trial, storage {r.storage or '(local: --out)'}",
     ]
-    if any(s.kind == "train" for s in plan.stages.values()):
+    if any(s.kind in TRAINING_KINDS for s in plan.stages.values()):
         lines += ["", "trainings (stage, epochs, max_len, per-trial request, key):"]
     probes = [s for s in plan.stages.values() if s.kind == "probe"]
     if probes:
         lines.append(f"probe mode: {len(probes)} linear head(s) on the cached features of "
                          f"{sum(s.kind == 'features' for s in plan.stages.values())} backbone(s)")
-    width = max((len(s.name) for s in plan.stages.values() if s.kind == "train"), default=0)
+    width = max((len(s.name) for s in plan.stages.values() if s.kind in TRAINING_KINDS), default=0)
     for s in plan.stages.values():
-        if s.kind == "train":
-            t = s.params["train"]
+        if s.kind in TRAINING_KINDS:
+            t = s.params["train" if s.kind == "train" else "adapt"]
             lines.append(f"  {s.name:{width}} epochs {t['epochs']} max_len {t['max_len']:<5} "
                          f"{trial_request(s, r.use_gpu, r.num_workers, r.worker_cpus)}  [{s.key}]")
     lines += ["", "cells (dataset, seed, weak -> strong, loss):"]
