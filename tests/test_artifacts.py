@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from w2s_ray.artifacts import ArtifactStore, check_key, stage_key
+from w2s_ray.artifacts import ArtifactStore, stage_key
 from w2s_ray.config import ExperimentConfig, LossConfig, SplitConfig, TrainOverrides
 from w2s_ray.plan import plan_experiment
 
@@ -52,12 +52,6 @@ def test_xent_key_ignores_alpha_but_logconf_does_not():
     assert _cell(loss=LossConfig("logconf", 0.5)).student != _cell(loss=LossConfig("logconf", 0.75)).student
 
 
-def test_keys_cannot_escape_the_store_root():
-    for bad in ["../etc", "train-../../x", "TRAIN-" + "a" * 24, "train-" + "a" * 23, "a/b"]:
-        with pytest.raises(ValueError):
-            check_key(bad)
-
-
 def _artifact(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -76,21 +70,6 @@ def test_commit_then_reload_verified(tmp_path):
     assert m is not None and set(m.files) == {"a.txt", "sub/b.bin"} and m.meta["seconds"] == 1.5
     assert (store.local_dir(key) / "a.txt").read_text() == "alpha"
     assert not list((tmp_path / "store" / "tmp").iterdir())  # staging was renamed away
-
-
-def test_truncated_or_corrupted_file_is_detected(tmp_path, caplog):
-    store = ArtifactStore(str(tmp_path / "store"))
-    key = "train-" + "cd" * 12
-    store.commit(key, _artifact(tmp_path), {})
-    target = store.local_dir(key) / "sub" / "b.bin"
-    target.write_bytes(b"\x00\x01" * 99)  # truncated
-    assert not store.exists(key)
-    assert "truncated" in caplog.text
-    target.write_bytes(b"\x01\x01" * 100)  # same size, other bytes
-    assert not store.exists(key)
-    assert "checksum" in caplog.text
-    store.commit(key, _artifact(tmp_path / "again"), {})  # recompute replaces the broken copy
-    assert store.exists(key)
 
 
 def test_directory_without_manifest_is_not_an_artifact(tmp_path):

@@ -216,15 +216,15 @@ def test_two_runs_with_alpha_searches_on_one_machine_both_succeed(tmp_path):
         "name: two\ndatasets: [multiemo-sentences]\nmodels: [minilm-l6-1l, minilm-l6-2l]\npairs: weak<strong\n"
         "losses: [logconf]\nalpha_max: [0.5]\nwarmup_frac: [0.2]\nseeds: [0]\n"
         "split: {n_weak: 64, n_strong: 64, n_test: 64, n_val: 32}\ntrain: {max_len: 16}\nfinetune: probe\n"
-        "probe: {epochs: 4, batch_size: 16}\n"
-        "search: {objectives: [weak], num_samples: 4, max_concurrent: 1, grace_period: 2}\n")
+        "probe: {epochs: 2, batch_size: 16}\n"
+        "search: {objectives: [weak], num_samples: 2, max_concurrent: 1, grace_period: 1}\n")
     cli = Path(sys.executable).with_name("w2s-ray")
     env = {**os.environ, "RAY_ADDRESS": ""}  # each starts its own cluster, whatever else runs here
     runs = []
     for name in ("a", "b"):
         runs.append(subprocess.Popen([str(cli), "sweep", str(spec), "--out", str(tmp_path / name)], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        time.sleep(5)  # the second starts while the first is running
+        time.sleep(3)  # the second starts while the first is starting its cluster
     for run in runs:
         out, _ = run.communicate(timeout=600)
         assert run.returncode == 0, out[-3000:]

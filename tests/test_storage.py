@@ -130,7 +130,7 @@ def test_commit_reload_and_ledger(kind, tmp_path, memfs):
     assert ledger[0]["created"] == m.created
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "local-path"])  # local: test_reliability's catalogue
 @pytest.mark.parametrize("damage", ["truncated", "missing", "same-size", "manifest"])
 def test_damaged_artifact_is_absent_with_a_warning_naming_it(kind, damage, tmp_path, memfs, caplog):
     store = _store(kind, tmp_path, memfs)
@@ -158,18 +158,27 @@ def test_damaged_artifact_is_absent_with_a_warning_naming_it(kind, damage, tmp_p
     assert [e["key"] for e in fresh.ledger()] == [KEY, KEY]  # built twice, recorded twice
 
 
+BAD_KEYS = ["../x", "..", ".", "", "/etc/passwd", "a/b", "train-../../etc", f"{KEY}/../../x", f"../{KEY}", f"/{KEY}",
+            f"{KEY}/", f"{KEY}\\..\\x", "~", "~/x", "TRAIN-" + "ab" * 12, "train-" + "ab" * 11, f"{KEY}\x00",
+            "train-" + "g" * 24, "train-" + "a" * 23 + "/"]
+BAD_NAMES = ["../x", "..", ".", "", "/etc/passwd", "a/../../b", "a//b", "a/./b", "a\\..\\b", "sub/..",
+             "../" + KEY + "/manifest.json", "../../escape", "/abs"]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_keys_and_names_that_could_escape_the_root_are_refused(kind, tmp_path, memfs, caplog):
     store = _store(kind, tmp_path, memfs)
     src = _src(tmp_path)
-    for bad in ["../x", "train-../../etc", "/etc/passwd", "train-" + "a" * 23 + "/", "TRAIN-" + "a" * 24, ""]:
+    for bad in BAD_KEYS:
         for call in (lambda k: store.path(k), lambda k: store.data_uri(k), store.manifest, store.exists,
                      store.local_dir, lambda k: store.read_json(k, "x.json"), lambda k: store.commit(k, src, {})):
             with pytest.raises(ValueError):
                 call(bad)
-    for bad_part in ["../../escape", "/abs", "a/../../b", "a//b", "."]:
+    for bad_part in BAD_NAMES:
         with pytest.raises(ValueError):
             store.path(KEY, bad_part)
+        with pytest.raises(ValueError):
+            store.data_uri(KEY, "ok", bad_part)
     assert store.ledger() == []  # nothing was written
     # a manifest that names a file outside its artifact is damaged, never followed
     store.fs.create_dir(store.path(KEY), recursive=True)
