@@ -86,13 +86,13 @@ def test_adaptation_reads_no_labels_and_is_what_a_training_starts_from(ray_clust
     ceiling or student of the adapted model starts from exactly those weights."""
     from safetensors.numpy import load_file
 
-    from w2s_ray.adapt import BACKBONE_DIR, fit_adapt_stage
+    from w2s_ray.adapt import BACKBONE_DIR
     from w2s_ray.artifacts import ArtifactStore
     from w2s_ray.config import Resources
     from w2s_ray.data import load_rows, resolve_dataset
     from w2s_ray.models import load_pretrained, resolve_model
-    from w2s_ray.plan import adapt_stage, data_stage
-    from w2s_ray.runners import StageContext, run_data
+    from w2s_ray.plan import Plan, adapt_stage, data_stage
+    from w2s_ray.scheduler import execute
 
     split = SplitConfig(0, 24, 24, 16)
     rows = load_rows(resolve_dataset("multiemo-sentences"))[["text", "label"]].iloc[:80].reset_index(drop=True)
@@ -103,12 +103,15 @@ def test_adaptation_reads_no_labels_and_is_what_a_training_starts_from(ray_clust
     flipped.to_parquet(files["shuffled"], index=False)
     model = resolve_model("minilm-l6-1l")
     weights, histories = {}, {}
-    for name, path in files.items():
+    for name, path in files.items():  # through the scheduler: the adapt stage runs in a Tune trial
         store = ArtifactStore(str(tmp_path / name / "store"))
-        data = data_stage(resolve_dataset(str(path)), split)
-        run_data(data, StageContext(store.uri, Resources(), str(tmp_path / name / "ray"), 1))
-        stage = adapt_stage(model, GenerativeFinetune(epochs=2, lr=1e-3, max_len=16, batch_size=8), 0, data)
-        meta = fit_adapt_stage(stage, store, Resources(), str(tmp_path / name / "ray"), torch_threads=1)
+        plan = Plan()
+        data = plan.add(data_stage(resolve_dataset(str(path)), split))
+        stage = plan.add(adapt_stage(model, GenerativeFinetune(epochs=2, lr=1e-3, max_len=16, batch_size=8), 0,
+                                     data))
+        report = execute(plan, store, Resources(), str(tmp_path / name / "ray"), progress=lambda _: None)
+        assert set(report.ran) == {data.key, stage.key} and not report.failed
+        meta = store.manifest(stage.key).meta
         backbone = store.local_dir(stage.key) / BACKBONE_DIR
         weights[name] = {k: v for f in sorted(backbone.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
         histories[name] = [h["lm_loss"] for h in meta["history"]]
