@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from w2s_ray.models import ModelSpec, infer_pooling, model_spec, resolve_source
+from w2s_ray.models import BACKBONE_DIR, ModelSpec, infer_pooling, model_spec, resolve_source
 
-BACKBONE_DIR = "backbone"  # what the ceiling and students load: an AutoModel directory (HF format)
 IGNORE = -100  # label of a position the loss skips
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from w2s_ray.config import ConfigError
 
+BACKBONE_DIR = "backbone"  # an AutoModel directory: in a classifier artifact, and what an adapt stage writes
 DECODER_TYPES = frozenset(
     {"gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
      "gemma3", "phi", "phi3", "opt", "bloom", "falcon", "olmo", "olmo2", "smollm3"}
@@ -182,7 +183,7 @@ def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
         path = Path(value).expanduser().resolve()
         if not path.is_dir():
             raise ConfigError(field_name, f"model path {value!r} does not exist")
-        if not (path / "config.json").is_file() and not (path / "backbone" / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / BACKBONE_DIR / "config.json").is_file():
             raise ConfigError(field_name, f"model path {value!r} has no config.json (not a Hugging Face model)")
         return ModelSpec(path.name, f"path:{path}")
     if value.count("/") == 1 and all(value.split("/")):  # not the hub: branch: the name (key material) stays org/name
@@ -340,8 +341,8 @@ def save_classifier(model: Classifier, tokenizer: Any, out: Path, info: dict[str
         return
     backbone_state = None if state_dict is None else {
         k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
-    model.backbone.save_pretrained(out / "backbone", safe_serialization=True, state_dict=backbone_state)
-    tokenizer.save_pretrained(out / "backbone")
+    model.backbone.save_pretrained(out / BACKBONE_DIR, safe_serialization=True, state_dict=backbone_state)
+    tokenizer.save_pretrained(out / BACKBONE_DIR)
     head = model.head.weight if state_dict is None else state_dict["head.weight"]
     save_file({"weight": head.detach().float().contiguous()}, str(out / "head.safetensors"))
     (out / "classifier.json").write_text(json.dumps({"pooling": model.pooling, **info}, indent=1))
@@ -361,8 +362,8 @@ def load_classifier(path: Path, trainable: bool = False) -> tuple[Classifier, An
         model.backbone = PeftModel.from_pretrained(model.backbone, path / "adapter", is_trainable=trainable)
         tokenizer_dir = path / "adapter"
     else:
-        model = Classifier(AutoModel.from_pretrained(path / "backbone"), info["pooling"])
-        tokenizer_dir = path / "backbone"
+        model = Classifier(AutoModel.from_pretrained(path / BACKBONE_DIR), info["pooling"])
+        tokenizer_dir = path / BACKBONE_DIR
     model.head.weight.data.copy_(load_file(str(path / "head.safetensors"))["weight"])
     return model, AutoTokenizer.from_pretrained(tokenizer_dir)
 

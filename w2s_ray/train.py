@@ -34,6 +34,7 @@ from w2s_ray.losses import (
     get_loss,
 )
 from w2s_ray.models import (
+    BACKBONE_DIR,
     Classifier,
     apply_lora,
     enable_checkpointing,
@@ -314,7 +315,6 @@ def _adapted_backbone(init: dict[str, str] | None) -> Path | None:
     """The local directory of an ``adapt`` stage's backbone (downloaded once if the store is remote)."""
     if init is None:
         return None
-    from w2s_ray.adapt import BACKBONE_DIR
     from w2s_ray.artifacts import ArtifactStore
 
     return ArtifactStore(init["store"]).local_dir(init["key"]) / BACKBONE_DIR
