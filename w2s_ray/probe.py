@@ -51,14 +51,17 @@ class FeatureExtractor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from w2s_ray.train import encode
+        from w2s_ray.vision import encode_images, is_image_processor
 
+        images = is_image_processor(self.tokenizer)
         texts = batch["text"]
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        order = np.argsort([len(t) for t in texts], kind="stable")  # less padding (images: any order)
         out: np.ndarray | None = None
         with torch.inference_mode():
             for start in range(0, len(order), FORWARD_CHUNK):
                 idx = order[start:start + FORWARD_CHUNK]
-                enc = encode(self.tokenizer, texts[idx], self.max_len, self.device)
+                enc = (encode_images(self.tokenizer, batch["image"][idx], self.device) if images
+                       else encode(self.tokenizer, texts[idx], self.max_len, self.device))
                 feats = self.model.features(**enc).float().cpu().numpy()
                 if out is None:
                     out = np.empty((len(texts), feats.shape[1]), dtype=np.float32)
@@ -78,8 +81,10 @@ def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_g
     splits = [s for s, n in store.manifest(data_key).meta["rows"].items() if n]
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # same batches, same padding
     t0 = time.perf_counter()
-    ds = ray.data.read_parquet([store.data_uri(data_key, f"{s}.parquet") for s in splits], include_paths=True)
-    out = ds.select_columns(["id", "text", "path"]).map_batches(
+    files = [store.data_uri(data_key, f"{s}.parquet") for s in splits]
+    ds = ray.data.read_parquet(files, include_paths=True)
+    images = ["image"] if "image" in _schema_names(files[0]) else []  # an image dataset's PNG bytes
+    out = ds.select_columns(["id", "text", "path", *images]).map_batches(
         FeatureExtractor,
         fn_constructor_kwargs={"model": stage.params["model"], "max_len": stage.params["max_len"],
                                "threads": threads},
@@ -95,6 +100,13 @@ def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_g
         build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": rows,
                              "seconds": time.perf_counter() - t0}
     return meta
+
+
+def _schema_names(uri: str) -> list[str]:
+    from w2s_ray.artifacts import resolve_fs
+
+    fs, path = resolve_fs(uri)
+    return pq.read_schema(path, filesystem=fs).names
 
 
 def read_features(store: Any, key: str, split: str) -> tuple[np.ndarray, np.ndarray]:
