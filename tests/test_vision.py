@@ -66,11 +66,15 @@ def _cell(**kw):
                             finetune="probe", probe=ProbeConfig(epochs=10, lr=1e-2), **kw)
 
 
-def test_images_run_as_probes_only():
+def test_images_plan_as_probes_or_fine_tuned_but_never_as_language_models():
+    from w2s_ray.config import GenerativeFinetune
+
+    assert {s.kind for s in plan_experiments([_cell()]).stages.values()} == {"data", "features", "probe",
+                                                                              "probeinfer"}
+    full = plan_experiments([_cell().replace(finetune="full")])
+    assert {s.kind for s in full.stages.values()} == {"data", "train", "infer"}
     with pytest.raises(ConfigError, match="image dataset"):
-        plan_experiments([_cell().replace(finetune="full")])
-    plan = plan_experiments([_cell()])
-    assert {s.kind for s in plan.stages.values()} == {"data", "features", "probe", "probeinfer"}
+        plan_experiments([_cell().replace(finetune="full", generative_finetune=GenerativeFinetune())])
 
 
 def test_the_hub_vision_spec_plans_features_jobs_on_gpus():
@@ -83,22 +87,27 @@ def test_the_hub_vision_spec_plans_features_jobs_on_gpus():
 
 
 @pytest.mark.ray
-def test_digits_weak_to_strong_with_probes_runs_end_to_end(ray_cluster, tmp_path):
+def test_digits_weak_to_strong_runs_end_to_end_as_probes_and_fine_tuned(ray_cluster, tmp_path):
+    """Probe cells (xent, logconf: one weak probe and one ceiling serve both) and a fully fine-tuned cell (Ray
+    Train on pixels; its weak labels carry the images its student reads, never a GT column)."""
     from w2s_ray.artifacts import ArtifactStore
-    from w2s_ray.config import Resources
+    from w2s_ray.config import Resources, TrainOverrides
     from w2s_ray.results import cell_row
     from w2s_ray.scheduler import execute
 
-    plan = plan_experiments([_cell(), _cell(loss=LossConfig("logconf", 0.5))])
+    full = _cell(finetune="full", train=TrainOverrides(epochs=1, batch_size=32, lr=1e-3))
+    plan = plan_experiments([_cell(), _cell(loss=LossConfig("logconf", 0.5)), full])
     store = ArtifactStore(str(tmp_path / "store"))
     report = execute(plan, store, Resources(num_cpus=4), str(tmp_path / "ray"), progress=lambda _: None)
-    assert set(report.ran) == set(plan.stages) and not report.failed
+    assert set(report.ran) == set(plan.stages) and not report.failed, report.failed
     rows = [cell_row(store, c, n_boot=50) for c in plan.cells]
     for row in rows:
         assert row["n_test"] == 400 and all(0.0 <= row[f"{r}_acc"] <= 1.0 for r in ("weak", "student", "ceiling"))
     assert rows[0]["weak_key"] == rows[1]["weak_key"] and rows[0]["student_key"] != rows[1]["student_key"]
-    labels = pq.read_table(store.path(plan.cells[0].weak_labels, "data")).column_names
-    assert "label" not in labels and "p1" in labels  # the student's targets carry no ground truth
+    for cell in (plan.cells[0], plan.cells[2]):
+        labels = pq.read_table(store.path(cell.weak_labels, "data")).column_names
+        assert "label" not in labels and "p1" in labels  # the student's targets carry no ground truth
+    assert "image" in pq.read_table(store.path(plan.cells[2].weak_labels, "data")).column_names
     widths = {s.params["model"]["name"]: len(pq.read_table(store.path(k, "data"), columns=["features"])
                                                ["features"][0].as_py())
               for k, s in plan.stages.items() if s.kind == "features"}

@@ -452,4 +452,10 @@ def build_data_artifact(spec: DatasetSpec, split: SplitConfig, out: Path) -> dic
     return {
         "rows": {k: len(v) for k, v in parts.items()},
         "pos_frac": {k: float(v["label"].mean()) for k, v in parts.items()},
+        "input_column": "image" if spec.modality == "image" else "text",
     }
+
+
+def input_column(store: Any, data_key: str) -> str:
+    """The column a model reads from a data artifact's rows: ``text``, or an image dataset's ``image``."""
+    return store.manifest(data_key, verify=False).meta.get("input_column", "text")

@@ -31,7 +31,8 @@ FORWARD_CHUNK = 32  # rows per forward pass, grouped by length to cut padding
 class Predictor:
     """A Ray Data actor: one model load, then P(class 1) for every batch."""
 
-    def __init__(self, store_uri: str, model_key: str, max_len: int, keep_text: bool, threads: int | None):
+    def __init__(self, store_uri: str, model_key: str, max_len: int, keep_text: bool, threads: int | None,
+                 column: str = "text"):
         from w2s_ray.artifacts import ArtifactStore
         from w2s_ray.train import MODEL_DIR
 
@@ -41,10 +42,10 @@ class Predictor:
         model_dir = ArtifactStore(store_uri).local_dir(model_key) / MODEL_DIR
         self.model, self.tokenizer = load_classifier(model_dir)
         self.model.to(self.device).eval()
-        self.max_len, self.keep_text = max_len, keep_text
+        self.max_len, self.keep_text, self.column = max_len, keep_text, column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = batch["text"]
+        texts = batch[self.column]  # or an image dataset's PNG bytes
         p1 = np.empty(len(texts), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a forward pass
         for start in range(0, len(order), FORWARD_CHUNK):
@@ -52,7 +53,7 @@ class Predictor:
             p1[idx] = self.predict(texts[idx])
         out = {"id": batch["id"], "p1": p1}
         if self.keep_text:
-            out["text"] = texts
+            out[self.column] = texts
         return out
 
     def predict(self, texts: np.ndarray) -> np.ndarray:
@@ -65,9 +66,9 @@ class Predictor:
 
 @functools.lru_cache(maxsize=1)
 def _cached_predictor(store_uri: str, model_key: str, max_len: int, keep_text: bool,
-                      threads: int | None) -> Predictor:
+                      threads: int | None, column: str = "text") -> Predictor:
     """The model this worker process loaded last (a pooled process serves job after job)."""
-    return Predictor(store_uri, model_key, max_len, keep_text, threads)
+    return Predictor(store_uri, model_key, max_len, keep_text, threads, column)
 
 
 def predict_batch(batch: dict[str, np.ndarray], **predictor: Any) -> dict[str, np.ndarray]:
@@ -89,19 +90,22 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
     """Label (split B) or predict (test) with the stage's model; commit the parquet."""
     import ray.data
 
+    from w2s_ray.data import input_column
+
     split, data_key = stage.params["split"], stage.inputs["data"]
-    keep_text = split in ("B", "val")  # weak labels are training / selection rows
+    keep_text = split in ("B", "val")  # weak labels are training / selection rows: they keep the model's input
+    x = input_column(store, data_key)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # same batches on every run
     t0 = time.perf_counter()
     sliced = "slice" in stage.params  # a bootstrapping step labels only its own slice of B
-    ds = input_dataset(Source(store.data_uri(data_key, f"{split}.parquet"), ("id", "text", "group") if sliced
-                              else ("id", "text"), store.manifest(data_key, verify=False).meta["rows"][split]))
+    ds = input_dataset(Source(store.data_uri(data_key, f"{split}.parquet"), ("id", x, "group") if sliced
+                              else ("id", x), store.manifest(data_key, verify=False).meta["rows"][split]))
     if sliced:
         index, count = stage.params["slice"]
         ds = ds.map_batches(_keep_slice, fn_kwargs={"index": index, "count": count}, batch_format="pandas")
-        ds = ds.select_columns(["id", "text"])
+        ds = ds.select_columns(["id", x])
     predictor = {"store_uri": store.uri, "model_key": stage.inputs["model"], "max_len": stage.params["max_len"],
-                 "keep_text": keep_text, "threads": threads}
+                 "keep_text": keep_text, "threads": threads, "column": x}
     if use_gpu:
         out = ds.map_batches(Predictor, fn_constructor_kwargs=predictor, batch_size=INFER_BATCH, num_cpus=1,
                              num_gpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)))

@@ -385,7 +385,7 @@ def load_classifier(path: Path, trainable: bool = False) -> tuple[Classifier, An
     """Reload what :func:`save_classifier` wrote (safetensors only: no pickle); ``trainable``: LoRA adapters
     stay trainable (a resumed training)."""
     from safetensors.torch import load_file
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     info = json.loads((path / "classifier.json").read_text())
     if info.get("lora"):  # the pretrained base + this model's adapters
@@ -398,7 +398,8 @@ def load_classifier(path: Path, trainable: bool = False) -> tuple[Classifier, An
         model = Classifier(AutoModel.from_pretrained(path / BACKBONE_DIR), info["pooling"])
         tokenizer_dir = path / BACKBONE_DIR
     model.head.weight.data.copy_(load_file(str(path / "head.safetensors"))["weight"])
-    return model, AutoTokenizer.from_pretrained(tokenizer_dir)
+    processor = AutoImageProcessor if info["pooling"] == IMAGE_POOLING else AutoTokenizer
+    return model, processor.from_pretrained(tokenizer_dir)
 
 
 def registry_rows() -> list[dict[str, Any]]:

@@ -31,7 +31,6 @@ from w2s_ray.artifacts import stage_key
 from w2s_ray.config import (
     ConfigError,
     ExperimentConfig,
-    Finetune,
     GenerativeFinetune,
     LoraConfig,
     LossConfig,
@@ -373,10 +372,8 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     """Add one cell's stages (weak → labels → student; ceiling) to ``plan``."""
     plan = plan if plan is not None else Plan()
     ds = resolve_dataset(cfg.dataset)
-    if ds.modality == "image" and cfg.finetune != Finetune("probe", "probe"):
-        raise ConfigError("finetune", f"{ds.name} is an image dataset: its weak and strong models run as linear "
-                                      "probes on frozen features (finetune: probe); fine-tuning an image backbone "
-                                      "end to end is not built")
+    if ds.modality == "image" and cfg.generative_finetune is not None:
+        raise ConfigError("generative_finetune", f"{ds.name} is an image dataset: there is no text to model")
     weak_model = resolve_model(cfg.weak, "weak")
     strong_model = resolve_model(cfg.strong, "strong")
     data = plan.add(data_stage(ds, cfg.split))

@@ -286,9 +286,12 @@ def run_probe_infer_stage(stage: Any, store_uri: str) -> dict[str, Any]:
     split = stage.params["split"]
     ids, feats = read_features(store, stage.inputs["features"], split)
     columns = {"id": ids, "p1": predict_head(weights, feats).astype(np.float32)}
-    if stage.params.get("text"):  # labels a fine-tuned student trains on: it reads each row's text
+    if stage.params.get("text"):  # labels a fine-tuned student trains on: it reads each row's text (or image)
+        from w2s_ray.data import input_column
+
         data_key = store.manifest(stage.inputs["model"], verify=False).meta["inputs"]["data"]
-        columns["text"] = _table_by_id(store, data_key, f"{split}.parquet", "text").loc[ids].to_numpy()
+        x = input_column(store, data_key)
+        columns[x] = _table_by_id(store, data_key, f"{split}.parquet", x).loc[ids].to_numpy()
     with store.building(stage.key) as build:
         (build.dir / "data").mkdir(parents=True)
         pq.write_table(pa.table(columns), build.dir / "data" / "part-0.parquet")

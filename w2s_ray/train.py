@@ -66,13 +66,19 @@ class LoopConfig:
     length_buckets: bool = False  # batch rows of similar length together (less padding; see ingest)
     sources: dict[str, dict[str, Any]] | None = None  # tables read in memory (see ingest); others are Ray Data shards
     init: dict[str, str] | None = None  # {"store", "key"} of the adapted backbone to start from (generative finetuning)
+    input_column: str = "text"  # what the model reads: ``text``, or an image dataset's ``image`` (PNG bytes)
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.n_rows / self.train["batch_size"])
 
 
-def encode(tokenizer: Any, texts: Sequence[str], max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+def encode(tokenizer: Any, texts: Sequence[Any], max_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's model inputs: token ids and mask, or (``tokenizer`` an image processor, ``texts`` PNG bytes) pixels."""
+    from w2s_ray.vision import encode_images, is_image_processor
+
+    if is_image_processor(tokenizer):
+        return encode_images(tokenizer, texts, device)
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
@@ -116,7 +122,7 @@ def optimizer_step(
 
 
 def validation_objective(model: torch.nn.Module, tokenizer: Any, batches: Iterable[dict[str, np.ndarray]],
-                         column: str, max_len: int, device: torch.device) -> float:
+                         column: str, max_len: int, device: torch.device, input_column: str = "text") -> float:
     """Accuracy on this rank's validation rows against ``column``: weak labels (``p1``) or GT (``label``).
 
     Which column the rows carry is the selection objective: with ``weak``
@@ -127,7 +133,7 @@ def validation_objective(model: torch.nn.Module, tokenizer: Any, batches: Iterab
     right = total = 0
     with torch.inference_mode():
         for batch in batches:
-            logits = model(**encode(tokenizer, batch["text"], max_len, device))
+            logits = model(**encode(tokenizer, batch[input_column], max_len, device))
             pred = logits.argmax(-1).cpu().numpy()
             right += int((pred == (np.asarray(batch[column]) > 0.5)).sum())
             total += len(pred)
@@ -273,7 +279,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def gt_test_point() -> dict[str, Any]:  # analysis only: nothing reads it back
         return {"step": scheduler.last_epoch, "gt_test_acc": validation_objective(
-            model, tokenizer, tables["monitor"].batches(128), "label", cfg.train["max_len"], device)}
+            model, tokenizer, tables["monitor"].batches(128), "label", cfg.train["max_len"], device,
+            cfg.input_column)}
 
     curve_after = curve_batches(total_steps // cfg.train["epochs"], cfg.monitor)
     for epoch in range(start_epoch, cfg.train["epochs"]):
@@ -281,7 +288,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for i, batch in enumerate(tables["train"].epoch(epoch, cfg.train["batch_size"], seed, cfg.length_buckets), 1):
             targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
             with precision(device):
-                loss, alpha = optimizer_step(model, tokenizer, batch["text"], targets, cfg,
+                loss, alpha = optimizer_step(model, tokenizer, batch[cfg.input_column], targets, cfg,
                                              scheduler.last_epoch / total_steps, optimizer, device, buffer)
             scheduler.step()
             losses.append(loss)
@@ -296,7 +303,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update(setup)
         if cfg.select:
             metrics["objective"] = validation_objective(model, tokenizer, tables["val"].batches(128),
-                                                        cfg.select["column"], cfg.train["max_len"], device)
+                                                        cfg.select["column"], cfg.train["max_len"], device,
+                                                        cfg.input_column)
         if cfg.monitor:
             curve.append(gt_test_point())
             metrics.update(gt_test_acc=curve[-1]["gt_test_acc"], gt_test_curve=curve)
@@ -344,7 +352,8 @@ def fit_train_stage(
                       monitor=params.get("monitor_points", 1) if "monitor" in sources else 0,
                       lora=params.get("lora"), length_buckets=bool(params.get("length_buckets")),
                       sources=memory,
-                      init={"store": store.uri, "key": stage.inputs["init"]} if "init" in stage.inputs else None)
+                      init={"store": store.uri, "key": stage.inputs["init"]} if "init" in stage.inputs else None,
+                      input_column=sources["train"].columns[0])
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.__dict__,
@@ -413,14 +422,17 @@ def _sources(stage: Any, store: Any) -> dict[str, Source]:
     only its slice of B). Validation for the weak objective is weak-labelled
     too; only the oracle objective reads GT validation labels.
     """
+    from w2s_ray.data import input_column
+
     params, data_key = stage.params, stage.inputs["data"]
     data_rows = store.manifest(data_key).meta["rows"]
+    x = input_column(store, data_key)  # text, or an image dataset's PNG bytes
 
     def split(name: str) -> Source:
-        return Source(store.data_uri(data_key, f"{name}.parquet"), ("text", "label"), data_rows[name])
+        return Source(store.data_uri(data_key, f"{name}.parquet"), (x, "label"), data_rows[name])
 
     def labels(key: str) -> Source:
-        return Source(store.data_uri(key, "data"), ("text", "p1"), store.manifest(key).meta["rows"])
+        return Source(store.data_uri(key, "data"), (x, "p1"), store.manifest(key).meta["rows"])
 
     sources = {"train": split(params["split"]) if params["targets"] == "gt" else labels(stage.inputs["labels"])}
     select = params.get("select")

@@ -1,4 +1,4 @@
-"""Images: weak-to-strong with linear probes on frozen image features (the paper's vision experiment).
+"""Images: weak-to-strong on image datasets (the paper's vision experiment: probes on frozen features).
 
 An image dataset's rows are ``{id, text, image, label, group}``: ``image`` holds
 PNG bytes and the ``id`` is their hash; ``text`` only describes the row for
@@ -6,9 +6,11 @@ people (no model reads it). Image backbones load through transformers'
 ``AutoModel`` + ``AutoImageProcessor`` (ViT, DINOv2, ConvNeXt, ResNet, ...);
 what a probe's head sees is the backbone's ``pooler_output`` (DINOv2: the
 normed CLS token; ResNet/ConvNeXt: global average pooling), else the mean of
-its last hidden states. Images run in probe mode (``finetune: probe``): the
-features stage, heads, losses, search and report are the text pipeline's own.
-Fine-tuning an image backbone end to end is not built.
+its last hidden states. The pipeline is the text one: probe mode
+(``finetune: probe``, the paper's protocol) caches features once per backbone;
+full fine-tuning (Ray Train) and batch inference (Ray Data) read the ``image``
+column where text runs read ``text`` (the data artifact names its input
+column). Generative finetuning has no text to model and is refused.
 
 Offline: scikit-learn's bundled 8x8 digits (``digits``: 0-4 vs 5-9) and two
 tiny backbones built from seeded random weights (``resnet-tiny``,
