@@ -62,8 +62,8 @@ def test_a_tiny_backbone_is_seeded_and_pools_one_vector_per_image(name, width):
 
 
 def _cell(**kw):
-    return ExperimentConfig("digits", "resnet-tiny", "vit-tiny", split=SplitConfig(0, 300, 300, 400),
-                            finetune="probe", probe=ProbeConfig(epochs=10, lr=1e-2), **kw)
+    kw = {"finetune": "probe", "probe": ProbeConfig(epochs=10, lr=1e-2), **kw}
+    return ExperimentConfig("digits", "resnet-tiny", "vit-tiny", split=SplitConfig(0, 300, 300, 400), **kw)
 
 
 def test_images_plan_as_probes_or_fine_tuned_but_never_as_language_models():
