@@ -6,10 +6,13 @@ from hypothesis import strategies as st
 
 from w2s_ray.losses import (
     LossContext,
+    ThresholdBuffer,
     alpha_at,
     balance_threshold,
     cross_entropy,
+    entropy,
     harden,
+    kl,
     logconf,
     product,
     soft_targets,
@@ -106,8 +109,6 @@ def test_product_target_is_detached_and_normalised():
 
 
 # -- follow-up losses ---------------------------------------------------------------------------
-
-from w2s_ray.losses import ThresholdBuffer, entropy, kl  # noqa: E402
 
 
 def _grad(fn, logits, weak, ctx=None):

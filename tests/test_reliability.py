@@ -241,7 +241,7 @@ class WorkerKiller(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001  (the main thread reports whatever the scenario raised)
             self.info["error"] = traceback.format_exc()
 
     def _registered_checkpoint(self) -> Path | None:
@@ -453,9 +453,8 @@ def test_resume_is_bit_exact(runs):
     _ok(runs, "a1", "b1")
     cell = runs["cell"]
     a_m, b_m = runs["manifests_a"][cell.student], runs["b"].manifest(cell.student)
-    losses = lambda m: [h["train_loss"] for h in m.meta["history"]]  # noqa: E731
-    assert losses(b_m) == losses(a_m)
+    assert [h["train_loss"] for h in b_m.meta["history"]] == [h["train_loss"] for h in a_m.meta["history"]]
     assert b_m.files["model/head.safetensors"] == a_m.files["model/head.safetensors"]
     # every file but history.json, which records per-epoch wall times (epoch_s, samples_per_s)
-    weights = lambda m: {k: v for k, v in m.files.items() if k != "history.json"}  # noqa: E731
-    assert weights(b_m) == weights(a_m)
+    assert {k: v for k, v in b_m.files.items() if k != "history.json"} == \
+        {k: v for k, v in a_m.files.items() if k != "history.json"}

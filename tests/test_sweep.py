@@ -91,7 +91,9 @@ def test_rerun_trains_nothing_and_prints_the_same_table(sweep):
     third = sweep["third"]
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"0 stage(s) run, {len(sweep['plan'].stages)} loaded" in third.stdout
-    table = lambda s: s.split("\n\n")[-2]  # noqa: E731  (the block before the summary line)
+    def table(out: str) -> str:  # the block before the summary line
+        return out.split("\n\n")[-2]
+
     assert table(third.stdout) == table(sweep["second"].stdout)
 
 

@@ -121,9 +121,9 @@ def run_infer_stage(stage: Any, store: Any, actors: int = 1, threads: int | None
 
 
 def _import_inference_modules() -> None:
-    import transformers  # noqa: F401
+    import transformers  # noqa: F401  (imported for its import time: the worker is warm before the first batch)
 
-    from w2s_ray import models, train  # noqa: F401
+    from w2s_ray import models, train  # noqa: F401  (likewise)
 
 
 def prewarm_worker() -> Any:
