@@ -46,3 +46,19 @@ def test_a_claim_against_the_data_is_contradicted_and_one_seed_gives_no_comparis
     cells = _cells({("w", "s", "xent"): [-0.30, -0.35, -0.32]})
     assert comparisons(cells).query("claim == 'a'")["verdict"].tolist() == ["contradicts"]
     assert comparisons(cells[cells["seed"] == 0]).empty
+
+
+def test_generative_finetuning_is_compared_with_the_same_cell_without_it_and_never_mixed_into_the_others():
+    """Claim (g) pairs each adapted cell with its plain twin by seed, xent (alpha NaN) included; claims (a)-(f)
+    keep adapted and plain cells apart."""
+    plain = _cells({("w", "s", "xent"): [0.10, 0.12, 0.11], ("w", "s", "logconf"): [0.20, 0.22, 0.21]})
+    adapted = _cells({("w", "s", "xent"): [0.30, 0.33, 0.31], ("w", "s", "logconf"): [0.10, 0.12, 0.11]})
+    cells = pd.concat([plain.assign(generative_finetune="off"),
+                       adapted.assign(generative_finetune="lm 1ep lr=5e-05")], ignore_index=True)
+    comps = comparisons(cells)
+    g = comps[comps["claim"] == "g"].set_index(comps[comps["claim"] == "g"]["comparison"].str.contains("xent"))
+    assert len(g) == 2
+    assert g.loc[True, "estimate"] == pytest.approx(0.2033, abs=1e-3) and g.loc[True, "verdict"] == "supports"
+    assert g.loc[False, "estimate"] == pytest.approx(-0.1, abs=1e-6) and g.loc[False, "verdict"] == "contradicts"
+    a = comps[comps["claim"] == "a"]
+    assert len(a) == 2 and a["comparison"].str.contains(r"\(full\+adapted\)").sum() == 1

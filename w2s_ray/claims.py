@@ -144,9 +144,10 @@ def claim_g(cells: pd.DataFrame) -> list[dict[str, Any]]:
     fixed = _fixed(cells)
     same = ["dataset", "weak", "strong", "base_finetune", "loss", "alpha_max"]
     plain = fixed[fixed["generative_finetune"] == OFF]
-    for key, g in fixed[fixed["generative_finetune"] != OFF].groupby([*same, "generative_finetune"], sort=False):
+    adapted = fixed[fixed["generative_finetune"] != OFF]
+    for key, g in adapted.groupby([*same, "generative_finetune"], sort=False, dropna=False):  # xent: alpha NaN
         d = dict(zip([*same, "generative_finetune"], key))
-        base = plain[np.logical_and.reduce([plain[c] == d[c] for c in same])]
+        base = plain[np.logical_and.reduce([(plain[c] == d[c]) | (plain[c].isna() & pd.isna(d[c])) for c in same])]
         if base.empty:
             continue
         loss = d["loss"] if d["loss"] == "xent" else f"{d['loss']}(a={d['alpha_max']:g})"

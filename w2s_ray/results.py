@@ -309,8 +309,9 @@ def format_grid(frame: pd.DataFrame) -> str:
             continue
         loss = short_loss(r)
         pgr = "n/a" if r["pgr"] is None or (isinstance(r["pgr"], float) and math.isnan(r["pgr"])) else f"{r['pgr']:.3f}"
+        adapted = f"  adapted ({r['generative_finetune']})" if r.get("generative_finetune", "off") != "off" else ""
         lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{loss:22}{r['seed']:>5}"
-                     f"{r['weak_acc']:>8.4f}{r['student_acc']:>9.4f}{r['ceiling_acc']:>9.4f}{pgr:>8}")
+                     f"{r['weak_acc']:>8.4f}{r['student_acc']:>9.4f}{r['ceiling_acc']:>9.4f}{pgr:>8}{adapted}")
     return "\n".join(lines)
 
 
