@@ -77,6 +77,18 @@ def run_toy(tmp_path: Path, plan: Plan, failing: set[str]) -> tuple[Scheduler, R
     return sched, rec
 
 
+def test_a_progress_line_that_fails_to_format_never_stops_the_run(tmp_path):
+    """A runner's ``describe`` reading a key the meta lacks once stopped a whole sweep: now the line says so."""
+    plan = toy_plan([[], [0]])
+    rec, lines = Recorder(set()), []
+    runners = {"probe": Runner(rec.run, "thread", lambda s, m: m["history"][-1])}  # no history in a thread's meta
+    sched = Scheduler(plan, ArtifactStore(str(tmp_path / "store")), Resources(), str(tmp_path / "ray"),
+                      lines.append, runners)
+    sched.wait()
+    assert set(sched.report.ran) == set(plan.stages) and not sched.report.failed
+    assert sum("its description failed: KeyError" in line for line in lines) == 2
+
+
 dags = st.integers(1, 14).flatmap(lambda n: st.tuples(*[
     st.lists(st.integers(0, max(i - 1, 0)), max_size=min(i, 3), unique=True) if i else st.just([])
     for i in range(n)]))

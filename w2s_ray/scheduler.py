@@ -340,9 +340,16 @@ class Scheduler:
         self.report.ran[key] = seconds
         self.report.phases.append((stage.name, self.started[key], self.now()))
         self.cost_done += self.flow.cost.get(key, 0.0)
-        self.say(f"{stage.name}: {self.runners[stage.kind].describe(stage, meta)} ({seconds:.1f}s)")
+        self.say(f"{stage.name}: {self._describe(stage, meta)} ({seconds:.1f}s)")
         if self.on_commit is not None:
             self.on_commit(stage, meta)
+
+    def _describe(self, stage: Stage, meta: dict[str, Any]) -> str:
+        """The progress line's account of a finished stage; it never stops the run (the artifact is committed)."""
+        try:
+            return self.runners[stage.kind].describe(stage, meta)
+        except Exception as e:  # noqa: BLE001 (a progress line's bug must not turn a committed stage into a crash)
+            return f"done (its description failed: {type(e).__name__}: {e})"
 
     def failed(self, key: str, cause: str, log: str | None = None) -> None:
         stage = self.plan.stages[key]
