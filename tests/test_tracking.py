@@ -10,23 +10,26 @@ HISTORY = [{"epoch": 1, "epochs": 2, "train_loss": 0.61, "alpha": 0.0, "step": 4
            {"epoch": 2, "epochs": 2, "train_loss": 0.42, "alpha": 0.0, "step": 8}]
 
 
-PLAN = plan_experiment(ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6",
-                                        split=SplitConfig(0, 50, 50, 50)))
+@pytest.fixture(scope="module")
+def plan(asset_home):
+    """Planned once the asset home is set (planning fingerprints the dataset file)."""
+    return plan_experiment(ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6",
+                                            split=SplitConfig(0, 50, 50, 50)))
 
 
-def _student():
-    return PLAN.stages[PLAN.cells[0].student]
+def _student(plan):
+    return plan.stages[plan.cells[0].student]
 
 
-def test_mlflow_holds_one_run_per_training_with_its_epochs_and_one_per_cell(tmp_path, monkeypatch):
+def test_mlflow_holds_one_run_per_training_with_its_epochs_and_one_per_cell(plan, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     said: list[str] = []
     tracker = Tracker("mlflow", tmp_path, "sweep-x", progress=said.append)
-    student = _student()
+    student = _student(plan)
     tracker.stage(student, {"history": HISTORY})
-    tracker.stage(PLAN.stages[student.inputs["data"]], {})  # a data stage is not a training: no run
+    tracker.stage(plan.stages[student.inputs["data"]], {})  # a data stage is not a training: no run
     tracker.cell({"dataset": "d", "weak": "w", "strong": "s", "loss": "xent", "seed": 0, "weak_acc": 0.7,
                   "student_acc": 0.75, "ceiling_acc": 0.8, "pgr": 0.5, "pgr_ci_low": float("nan")})
     assert (tmp_path / "mlflow.db").is_file() and not said
@@ -43,7 +46,7 @@ def test_mlflow_holds_one_run_per_training_with_its_epochs_and_one_per_cell(tmp_
     assert cell["pgr"] == 0.5 and "pgr_ci_low" not in cell  # NaN is left out
 
 
-def test_a_tracking_failure_is_said_once_and_never_raises(tmp_path, monkeypatch):
+def test_a_tracking_failure_is_said_once_and_never_raises(plan, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     said: list[str] = []
     tracker = Tracker("mlflow", tmp_path, "x", progress=said.append)
@@ -52,8 +55,8 @@ def test_a_tracking_failure_is_said_once_and_never_raises(tmp_path, monkeypatch)
         raise OSError("disk full")
 
     monkeypatch.setattr(tracker.backend.client, "log_batch", broken)  # fault injection
-    tracker.stage(_student(), {"history": HISTORY})
-    tracker.stage(_student(), {"history": HISTORY})
+    tracker.stage(_student(plan), {"history": HISTORY})
+    tracker.stage(_student(plan), {"history": HISTORY})
     assert said == ["tracking (mlflow) stopped: OSError: disk full"]
 
 
