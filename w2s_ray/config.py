@@ -405,8 +405,9 @@ class Resources:
 
     ``address`` None starts a local Ray cluster with ``num_cpus`` logical CPUs
     (more than the cores on purpose: trials, Train workers and Ray Data
-    ingest each need a reservation, see docs/ray notes on the 2-CPU
-    deadlock). ``torch_threads`` is what each worker really computes with.
+    ingest each need a reservation: on 2 cores, a trial and its Train worker
+    at 1 CPU each leave nothing for the ingest's read tasks, and the run
+    hangs). ``torch_threads`` is what each worker really computes with.
     """
 
     address: Str | None = None
