@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from w2s_ray import metrics
+from w2s_ray.config import NOT_ADAPTED
 from w2s_ray.presets import by_size
 
 POINT = ["dataset", "weak", "strong", "finetune", "loss", "method", "alpha_max"]  # a grid point, over seeds
@@ -38,7 +39,11 @@ CLAIMS = {
     "f": "bootstrapping beats the direct student",
     "g": "generative finetuning raises PGR",
 }
-OFF = "off"  # the generative_finetune value of a cell whose strong model was not adapted
+
+
+def _loss_label(point: dict[str, Any]) -> str:
+    """xent, or the loss with its alpha: how a comparison names a grid point's loss."""
+    return point["loss"] if point["loss"] == "xent" else f"{point['loss']}(a={point['alpha_max']:g})"
 
 
 def _verdict(lo: float, hi: float, sign: int) -> str:
@@ -118,7 +123,7 @@ def claim_e(cells: pd.DataFrame) -> list[dict[str, Any]]:
         return out
     for key, g in _fixed(cells).groupby(POINT, dropna=False, sort=False):
         d = dict(zip(POINT, key))
-        loss = d["loss"] if d["loss"] == "xent" else f"{d['loss']}(a={d['alpha_max']:g})"
+        loss = _loss_label(d)
         out.append(_comparison("e", f"pgr_best - pgr, {d['weak']} -> {d['strong']} ({d['finetune']}, {loss})",
                                d["dataset"], _by_seed(g, "pgr_best") - _by_seed(g, "pgr")))
     return out
@@ -143,14 +148,14 @@ def claim_g(cells: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     fixed = _fixed(cells)
     same = ["dataset", "weak", "strong", "base_finetune", "loss", "alpha_max"]
-    plain = fixed[fixed["generative_finetune"] == OFF]
-    adapted = fixed[fixed["generative_finetune"] != OFF]
+    plain = fixed[fixed["generative_finetune"] == NOT_ADAPTED]
+    adapted = fixed[fixed["generative_finetune"] != NOT_ADAPTED]
     for key, g in adapted.groupby([*same, "generative_finetune"], sort=False, dropna=False):  # xent: alpha NaN
         d = dict(zip([*same, "generative_finetune"], key))
         base = plain[np.logical_and.reduce([(plain[c] == d[c]) | (plain[c].isna() & pd.isna(d[c])) for c in same])]
         if base.empty:
             continue
-        loss = d["loss"] if d["loss"] == "xent" else f"{d['loss']}(a={d['alpha_max']:g})"
+        loss = _loss_label(d)
         out.append(_comparison("g", f"PGR adapted ({d['generative_finetune']}) - not, {d['weak']} -> {d['strong']} "
                                     f"({loss})", d["dataset"], _by_seed(g, "pgr") - _by_seed(base, "pgr")))
     return out
@@ -164,9 +169,9 @@ def comparisons(cells: pd.DataFrame) -> pd.DataFrame:
     """Every comparison the table allows, one row each (cells: the results rows with status ok)."""
     cells = cells.copy()
     cells["finetune"] = cells.get("finetune", "full")
-    cells["generative_finetune"] = cells.get("generative_finetune", OFF)
+    cells["generative_finetune"] = cells.get("generative_finetune", NOT_ADAPTED)
     cells["base_finetune"] = cells["finetune"]  # claims (a)-(f) never pair an adapted cell with a plain one:
-    adapted = cells["generative_finetune"] != OFF
+    adapted = cells["generative_finetune"] != NOT_ADAPTED
     cells.loc[adapted, "finetune"] = cells.loc[adapted, "finetune"] + "+adapted"
     if "status" in cells:
         cells = cells[cells["status"] == "ok"]

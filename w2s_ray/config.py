@@ -281,8 +281,11 @@ class GenerativeFinetune:
 
     @property
     def label(self) -> str:
-        """What a results row says about it (``off`` when not used)."""
+        """What a results row says about it (:data:`NOT_ADAPTED` when not used)."""
         return f"lm {self.epochs}ep lr={self.lr:g}"
+
+
+NOT_ADAPTED = "off"  # a results row's generative_finetune where the strong model was not adapted
 
 
 def _finetune_of(value: Any) -> Any:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from w2s_ray.config import NOT_ADAPTED
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -61,7 +63,7 @@ def with_modes(frame: pd.DataFrame) -> pd.DataFrame:
     if "finetune" not in frame:
         return frame
     if "generative_finetune" in frame:
-        adapted = frame["generative_finetune"].fillna("off").astype(str) != "off"
+        adapted = frame["generative_finetune"].fillna(NOT_ADAPTED).astype(str) != NOT_ADAPTED
         strong = frame["strong"].astype(str)
         frame = frame.assign(strong=strong.where(~adapted | strong.str.endswith(ADAPTED), strong + ADAPTED))
     mode = frame["finetune"].fillna("full").astype(str)

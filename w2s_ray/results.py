@@ -17,6 +17,7 @@ import pandas as pd
 
 from w2s_ray import metrics
 from w2s_ray.artifacts import ArtifactStore
+from w2s_ray.config import NOT_ADAPTED
 from w2s_ray.label import read_predictions
 from w2s_ray.plan import Cell
 
@@ -86,7 +87,7 @@ def _cell_fields(cell: Cell) -> dict[str, Any]:
     return {"dataset": cfg.dataset, "weak": cfg.weak, "strong": cfg.strong,
             "loss": "logconf" if cfg.search is not None else cfg.loss.name, "seed": cfg.split.seed,
             "finetune": cfg.finetune.label,
-            "generative_finetune": cfg.generative_finetune.label if cfg.generative_finetune else "off"}
+            "generative_finetune": cfg.generative_finetune.label if cfg.generative_finetune else NOT_ADAPTED}
 
 
 def incomplete_row(cell: Cell, status: str, reason: str | None) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def aggregate(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """
     frame = pd.DataFrame(rows)
     frame["finetune"] = frame.get("finetune", "full")  # older tables lack the columns
-    frame["generative_finetune"] = frame.get("generative_finetune", "off")
+    frame["generative_finetune"] = frame.get("generative_finetune", NOT_ADAPTED)
     out = []
     group = GROUP + (["chain"] if "chain" in frame else [])  # two chains between one pair stay apart
     for key, g in frame.groupby(group, dropna=False, sort=False):
@@ -308,8 +309,9 @@ def format_grid(frame: pd.DataFrame) -> str:
                          f"{r['seed']:>5}  {str(r['status']).upper()}: {r['reason']}")
             continue
         loss = short_loss(r)
-        pgr = "n/a" if r["pgr"] is None or (isinstance(r["pgr"], float) and math.isnan(r["pgr"])) else f"{r['pgr']:.3f}"
-        adapted = f"  adapted ({r['generative_finetune']})" if r.get("generative_finetune", "off") != "off" else ""
+        pgr = f"{r['pgr']:.3f}" if _present(r["pgr"]) else "n/a"
+        generative = r.get("generative_finetune", NOT_ADAPTED)
+        adapted = "" if generative == NOT_ADAPTED else f"  adapted ({generative})"
         lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{loss:22}{r['seed']:>5}"
                      f"{r['weak_acc']:>8.4f}{r['student_acc']:>9.4f}{r['ceiling_acc']:>9.4f}{pgr:>8}{adapted}")
     return "\n".join(lines)
