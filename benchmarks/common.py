@@ -41,7 +41,7 @@ def experiment_args(description: str) -> argparse.ArgumentParser:
 
 
 def experiment(a: argparse.Namespace, loss: LossConfig | None = None) -> ExperimentConfig:
-    return ExperimentConfig("multiemo-sentences", a.weak, a.strong, loss=loss or LossConfig("xent"),
+    return ExperimentConfig("vader", a.weak, a.strong, loss=loss or LossConfig("xent"),
                             split=SplitConfig(0, a.n, a.n, a.n_test),
                             train=TrainOverrides(epochs=a.epochs, max_len=a.max_len))
 

@@ -32,7 +32,7 @@ STRONG = ["minilm-l6-2l", "minilm-l3", "minilm-l6"]
 
 def grid(n: int, epochs: int):
     spec = spec_from_dict({
-        "name": "dedup", "datasets": ["multiemo-sentences"], "models": WEAK + STRONG[1:],
+        "name": "dedup", "datasets": ["vader"], "models": WEAK + STRONG[1:],
         "pairs": [[w, s] for w in WEAK for s in STRONG], "losses": ["logconf"], "alpha_max": [0.25, 0.5, 0.75],
         "split": {"n_weak": n, "n_strong": n, "n_test": n}, "train": {"epochs": epochs, "max_len": 32},
     })

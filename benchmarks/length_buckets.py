@@ -61,7 +61,7 @@ def main() -> None:
     import pandas as pd
 
     with tempfile.TemporaryDirectory() as d:
-        build_data_artifact(resolve_dataset("multiemo-sentences"), plan.cells[0].config.split, Path(d))
+        build_data_artifact(resolve_dataset("vader"), plan.cells[0].config.split, Path(d))
         rows = pd.read_parquet(Path(d) / "B.parquet")
     texts, targets = rows["text"].to_numpy(), rows["label"].to_numpy(dtype=np.float32)
     lengths = np.array([len(t) for t in texts])

@@ -32,7 +32,7 @@ SECOND_GRID = [0.15, 0.35, 0.55, 0.8]
 
 def grid(a: argparse.Namespace, finetune: str, alphas: list[float]):
     spec = spec_from_dict({
-        "name": f"bench-{finetune}", "datasets": ["multiemo-sentences"], "models": [a.weak, a.strong],
+        "name": f"bench-{finetune}", "datasets": ["vader"], "models": [a.weak, a.strong],
         "losses": ["xent", "logconf"], "alpha_max": alphas, "finetune": finetune,
         "split": {"n_weak": a.n, "n_strong": a.n, "n_test": a.n_test},
         "train": {"epochs": a.epochs, "max_len": a.max_len},

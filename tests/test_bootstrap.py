@@ -11,7 +11,7 @@ LADDER = ["minilm-l6-1l", "minilm-l6-2l", "minilm-l3", "minilm-l6"]
 
 
 def _cfg(*chain: str, slices: int = 0, loss: str = "xent") -> ExperimentConfig:
-    return ExperimentConfig("multiemo-sentences", chain[0], chain[-1], loss=LossConfig(loss),
+    return ExperimentConfig("vader", chain[0], chain[-1], loss=LossConfig(loss),
                             split=SplitConfig(n_weak=100, n_strong=100, n_test=100),
                             chain=tuple(chain[1:-1]), bootstrap_slices=slices)
 
@@ -64,7 +64,7 @@ def test_slices_partition_groups_evenly_and_deterministically():
 
 
 def _spec(**bootstrap):
-    return spec_from_dict({"name": "b", "datasets": ["multiemo-sentences"], "models": LADDER,
+    return spec_from_dict({"name": "b", "datasets": ["vader"], "models": LADDER,
                            "losses": ["xent"], "bootstrap": bootstrap})
 
 

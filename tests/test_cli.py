@@ -7,7 +7,7 @@ import pytest
 from w2s_ray.cli import main
 
 BAD_RUNS = [
-    (["--dataset", "no-such-set"], ["--dataset", "no-such-set", "allowed", "multiemo-sentences"]),
+    (["--dataset", "no-such-set"], ["--dataset", "no-such-set", "allowed", "vader"]),
     (["--weak", "no-such-model"], ["--weak", "no-such-model", "allowed", "minilm-l3"]),
     (["--strong", "nope"], ["--strong", "nope", "allowed"]),
     (["--loss", "logconf", "--alpha-max", "1.5"], ["--alpha-max", "1.5", "[0, 1]"]),
@@ -44,7 +44,7 @@ def test_bad_choice_is_rejected_by_argparse(capsys):
 
 def test_listing_commands(capsys):
     assert main(["datasets"]) == 0
-    assert "multiemo-sentences" in capsys.readouterr().out
+    assert "vader" in capsys.readouterr().out
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "minilm-l3" in out and "minilm-l6" in out

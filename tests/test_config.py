@@ -8,7 +8,7 @@ import yaml
 from w2s_ray.config import ConfigError, LossConfig, Resources, SplitConfig, TrainOverrides
 from w2s_ray.spec import spec_from_dict
 
-SPEC = {"name": "t", "datasets": ["multiemo-sentences"], "models": ["minilm-l6-1l", "minilm-l6-2l"]}
+SPEC = {"name": "t", "datasets": ["vader"], "models": ["minilm-l6-1l", "minilm-l6-2l"]}
 
 
 def test_keys_only_carry_knobs_the_loss_uses():

@@ -8,24 +8,24 @@ from w2s_ray.data import load_rows, resolve_dataset, split_rows, text_id
 
 
 @pytest.fixture(scope="module")
-def multiemo() -> pd.DataFrame:
-    return load_rows(resolve_dataset("multiemo-sentences"))
+def vader_rows() -> pd.DataFrame:
+    return load_rows(resolve_dataset("vader"))
 
 
-def test_rows_are_binary_with_stable_ids(multiemo):
-    assert list(multiemo.columns) == ["id", "text", "label", "group"]
-    assert set(multiemo["label"]) == {0, 1}
-    assert multiemo["id"].is_unique
-    assert (multiemo["id"] == multiemo["text"].map(text_id)).all()
-    assert (multiemo["group"] == multiemo["id"]).all()
-    again = load_rows(resolve_dataset("multiemo-sentences"))
-    pd.testing.assert_frame_equal(multiemo, again)
+def test_rows_are_binary_with_stable_ids(vader_rows):
+    assert list(vader_rows.columns) == ["id", "text", "label", "group"]
+    assert set(vader_rows["label"]) == {0, 1}
+    assert vader_rows["id"].is_unique
+    assert (vader_rows["id"] == vader_rows["text"].map(text_id)).all()
+    assert (vader_rows["group"] == vader_rows["id"]).all()
+    again = load_rows(resolve_dataset("vader"))
+    pd.testing.assert_frame_equal(vader_rows, again)
 
 
-def test_splits_are_deterministic_and_disjoint(multiemo):
+def test_splits_are_deterministic_and_disjoint(vader_rows):
     cfg = SplitConfig(seed=3, n_weak=100, n_strong=120, n_test=150)
-    a = split_rows(multiemo, cfg)
-    b = split_rows(multiemo, cfg)
+    a = split_rows(vader_rows, cfg)
+    b = split_rows(vader_rows, cfg)
     for name in ("A", "B", "test"):
         pd.testing.assert_frame_equal(a[name], b[name])
     assert [len(a[k]) for k in ("A", "B", "test")] == [100, 120, 150]
@@ -33,9 +33,9 @@ def test_splits_are_deterministic_and_disjoint(multiemo):
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
 
 
-def test_test_split_is_shared_across_seeds_but_halves_are_not(multiemo):
-    s0 = split_rows(multiemo, SplitConfig(seed=0, n_weak=100, n_strong=100, n_test=100))
-    s1 = split_rows(multiemo, SplitConfig(seed=1, n_weak=100, n_strong=100, n_test=100))
+def test_test_split_is_shared_across_seeds_but_halves_are_not(vader_rows):
+    s0 = split_rows(vader_rows, SplitConfig(seed=0, n_weak=100, n_strong=100, n_test=100))
+    s1 = split_rows(vader_rows, SplitConfig(seed=1, n_weak=100, n_strong=100, n_test=100))
     assert set(s0["test"]["id"]) == set(s1["test"]["id"])
     assert set(s0["A"]["id"]) != set(s1["A"]["id"])
 
@@ -48,13 +48,13 @@ def test_group_aware_split_keeps_question_pairs_together():
     assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
 
 
-def test_too_many_rows_requested_is_a_config_error(multiemo):
+def test_too_many_rows_requested_is_a_config_error(vader_rows):
     with pytest.raises(ConfigError, match="do not fit"):
-        split_rows(multiemo, SplitConfig(n_weak=10_000))
+        split_rows(vader_rows, SplitConfig(n_weak=10_000))
 
 
 def test_unknown_dataset_names_the_value_and_the_choices():
-    with pytest.raises(ConfigError, match="unknown dataset 'nope'.*multiemo-sentences"):
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'.*vader_rows-sentences"):
         resolve_dataset("nope")
 
 

@@ -21,7 +21,7 @@ def roles(plan: object) -> dict[str, str]:
 
 def test_offline_default_keys():
     """`w2s-ray run --dataset multiemo-sentences --weak minilm-l6-1l --strong minilm-l6 --loss xent` (make demo)."""
-    cfg = ExperimentConfig("multiemo-sentences", *LADDER, loss=LossConfig("xent"))
+    cfg = ExperimentConfig("vader", *LADDER, loss=LossConfig("xent"))
     assert experiment_from_args(build_parser().parse_args(["run"])) == cfg  # the CLI's defaults are these
     assert roles(plan_experiment(cfg)) == {
         "data:data": "data-6e314f51e13743920af0f74d",
@@ -37,7 +37,7 @@ def test_offline_default_keys():
 
 def test_logconf_and_search_cell_keys():
     spec = spec_from_dict({
-        "name": "pin-search", "datasets": ["multiemo-sentences"], "models": LADDER, "losses": ["logconf"],
+        "name": "pin-search", "datasets": ["vader"], "models": LADDER, "losses": ["logconf"],
         "alpha_max": [0.75], "split": {"n_weak": 1000, "n_strong": 600, "n_val": 400, "n_test": 2000},
         "train": {"epochs": 2}, "search": {"objectives": ["oracle"], "num_samples": 6, "lr": [1e-5, 1e-3]}})
     plan = plan_experiments(spec.experiments())
@@ -59,7 +59,7 @@ def test_logconf_and_search_cell_keys():
 
 def test_probe_mode_cell_keys():
     spec = spec_from_dict({
-        "name": "pin-probe", "datasets": ["multiemo-sentences"], "models": LADDER, "losses": ["logconf"],
+        "name": "pin-probe", "datasets": ["vader"], "models": LADDER, "losses": ["logconf"],
         "alpha_max": [0.5], "threshold_buffer": 64, "split": {"n_weak": 1000, "n_strong": 1000, "n_test": 2000},
         "train": {"max_len": 64}, "finetune": {"weak": "full", "strong": "probe"},
         "probe": {"lr": 0.01, "epochs": 20, "batch_size": 32}})

@@ -162,7 +162,7 @@ class ClusterController:
 def _spec(address: str, shared: Path) -> dict:
     return {
         "name": NAME,
-        "datasets": ["multiemo-sentences"],
+        "datasets": ["vader"],
         "models": ["minilm-l6-1l", "minilm-l6-2l"],
         "pairs": "weak<strong",
         "losses": ["xent"],

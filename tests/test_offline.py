@@ -249,11 +249,12 @@ def test_setup_offline_skips_download_when_tasks_present(
     monkeypatch.setattr(offline, "minilm_l3_path", lambda: Path("/l3"))
     monkeypatch.setattr(offline, "download_bigbench_sdist", lambda d: pytest.fail("downloaded"))
     msgs: list[str] = []
-    out = offline.setup_offline(include_mpnet=False, progress=msgs.append, tasks=["strategyqa"])
+    out = offline.setup_offline(include_mpnet=False, progress=msgs.append, tasks=["strategyqa"], datasets=())
     assert out == {"minilm-l6": "/l6", "minilm-l3": "/l3",
                    "bigbench:strategyqa": str(home / "bigbench" / "strategyqa" / "task.json")}
     assert msgs and all(m.startswith("setup: ") for m in msgs)
 
     monkeypatch.setattr(offline, "download_bigbench_sdist", lambda d: sdist)
-    out = offline.setup_offline(progress=msgs.append, sdist_dir=home / "dl", tasks=["multiemo/all_sentence_en"])
+    out = offline.setup_offline(progress=msgs.append, sdist_dir=home / "dl", tasks=["multiemo/all_sentence_en"],
+                                datasets=())
     assert Path(out["bigbench:multiemo/all_sentence_en"]).is_file()

@@ -8,7 +8,7 @@ from w2s_ray.plan import Plan, plan_experiment
 
 
 def _cfg(**kw):
-    cfg = ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", split=SplitConfig(0, 50, 50, 50))
+    cfg = ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6", split=SplitConfig(0, 50, 50, 50))
     return cfg.replace(**kw)
 
 
@@ -63,7 +63,7 @@ def test_test_curves_only_touch_the_students_key():
     from w2s_ray.config import ExperimentConfig, LossConfig
     from w2s_ray.plan import plan_experiment
 
-    base = ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", loss=LossConfig("logconf"))
+    base = ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6", loss=LossConfig("logconf"))
     plain, curves = plan_experiment(base).cells[0], plan_experiment(base.replace(test_curves=True)).cells[0]
     for field in ("data", "weak", "weak_labels", "weak_test", "ceiling", "ceiling_test"):
         assert getattr(plain, field) == getattr(curves, field), field

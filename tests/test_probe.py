@@ -49,7 +49,7 @@ def test_the_alpha_ramp_reaches_alpha_max_in_the_history():
 
 
 def _cfg(loss: LossConfig, **kw) -> ExperimentConfig:
-    return ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6-2l", loss=loss,
+    return ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6-2l", loss=loss,
                             split=SplitConfig(n_weak=64, n_strong=64, n_test=64),
                             train=TrainOverrides(max_len=32), finetune="probe", probe=ProbeConfig(**kw))
 
@@ -66,12 +66,12 @@ def test_an_alpha_grid_shares_features_weak_labels_and_ceiling():
 
 def test_probe_mode_refuses_chains_and_bad_probe_settings():
     with pytest.raises(ConfigError, match="finetune"):
-        ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", chain=("minilm-l6-2l",),
+        ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6", chain=("minilm-l6-2l",),
                          finetune="probe")
     with pytest.raises(ConfigError, match="epochs"):
         ProbeConfig(epochs=0)
     with pytest.raises(ConfigError, match="finetune"):
-        ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6", finetune="lora")
+        ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6", finetune="lora")
 
 
 @pytest.mark.ray

@@ -129,7 +129,7 @@ def test_thread_counts_are_set_by_the_plan_and_profile_not_the_schedule():
     from w2s_ray.config import ExperimentConfig
     from w2s_ray.plan import plan_experiment
 
-    plan = plan_experiment(ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6"))
+    plan = plan_experiment(ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6"))
     by_role = {s.role: s.key for s in plan.stages.values()}
     threads = stage_threads(plan, Resources(max_concurrent_trials=2), cores=8)
     assert [threads[by_role[r]] for r in ("weak", "ceiling", "student", "labels")] == [8, 4, 4, 8]
@@ -169,7 +169,7 @@ def test_a_cell_with_corrupt_weights_fails_alone_and_the_other_cell_is_reported(
     (broken / "model.safetensors").write_bytes(os.urandom(4096))
     split = SplitConfig(seed=0, n_weak=64, n_strong=64, n_test=64)
     train = TrainOverrides(epochs=1, max_len=16, batch_size=16, minibatch_size=16)
-    cells = [ExperimentConfig("multiemo-sentences", weak, "minilm-l6-2l", LossConfig("xent"), split, train)
+    cells = [ExperimentConfig("vader", weak, "minilm-l6-2l", LossConfig("xent"), split, train)
              for weak in (str(broken), "minilm-l6-1l")]
     plan = plan_experiments(cells)
     lines: list[str] = []
@@ -225,7 +225,7 @@ def test_two_runs_with_alpha_searches_on_one_machine_both_succeed(tmp_path):
     search (Tune + the placement-group clean-up, which reads the State API): neither sees the other."""
     spec = tmp_path / "two.yaml"
     spec.write_text(
-        "name: two\ndatasets: [multiemo-sentences]\nmodels: [minilm-l6-1l, minilm-l6-2l]\npairs: weak<strong\n"
+        "name: two\ndatasets: [vader]\nmodels: [minilm-l6-1l, minilm-l6-2l]\npairs: weak<strong\n"
         "losses: [logconf]\nalpha_max: [0.5]\nwarmup_frac: [0.2]\nseeds: [0]\n"
         "split: {n_weak: 64, n_strong: 64, n_test: 64, n_val: 32}\ntrain: {max_len: 16}\nfinetune: probe\n"
         "probe: {epochs: 2, batch_size: 16}\n"

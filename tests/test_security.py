@@ -31,7 +31,7 @@ from w2s_ray.spec import load_spec, spec_from_dict
 PKG = Path(w2s_ray.__file__).parent
 SOURCES = sorted(PKG.rglob("*.py"))
 KEY = "train-" + "ab" * 12
-VALID = {"name": "t", "datasets": ["multiemo-sentences"], "models": ["minilm-l6-1l", "minilm-l6-2l"],
+VALID = {"name": "t", "datasets": ["vader"], "models": ["minilm-l6-1l", "minilm-l6-2l"],
          "split": {"n_weak": 10, "n_strong": 10, "n_test": 10}}
 
 
@@ -85,8 +85,8 @@ def _tagged_docs(marker: Path) -> list[str]:
     return [
         f"!!python/object/apply:os.mkdir [{str(marker)!r}]\n",
         f"name: t\ndatasets: !!python/object/apply:os.mkdir [{str(marker)!r}]\nmodels: [minilm-l6]\n",
-        "!!python/object:w2s_ray.spec.SweepSpec {name: x, datasets: [multiemo-sentences], models: [minilm-l6]}\n",
-        "name: !!python/name:os.system\ndatasets: [multiemo-sentences]\nmodels: [minilm-l6-1l, minilm-l6]\n",
+        "!!python/object:w2s_ray.spec.SweepSpec {name: x, datasets: [vader], models: [minilm-l6]}\n",
+        "name: !!python/name:os.system\ndatasets: [vader]\nmodels: [minilm-l6-1l, minilm-l6]\n",
         f"!!python/object/new:subprocess.Popen [[mkdir, {str(marker)!r}]]\n",
     ]
 

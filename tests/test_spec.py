@@ -13,7 +13,7 @@ LADDER = ["minilm-l6-1l", "minilm-l6-2l", "minilm-l3", "minilm-l6"]
 
 
 def base(**changes):
-    spec = {"name": "t", "datasets": ["multiemo-sentences"], "models": LADDER[:3],
+    spec = {"name": "t", "datasets": ["vader"], "models": LADDER[:3],
             "split": {"n_weak": 10, "n_strong": 10, "n_test": 10}}
     spec.update(changes)
     return spec
@@ -52,7 +52,7 @@ def base(**changes):
     ({"model_train": {"minilm-l6": {"lr": 1e-4}}}, "model_train.minilm-l6", "not in models"),
     ({"model_train": {"minilm-l3": {"epochs": 1.5}}}, "model_train.minilm-l3.epochs", "expected int"),
     ({"seeds": [True]}, "seeds[0]", "expected int"),
-    ({"datasets": "multiemo-sentences"}, "datasets", "expected a list"),
+    ({"datasets": "vader"}, "datasets", "expected a list"),
 ])
 def test_invalid_specs_name_the_field(changes, path, words):
     with pytest.raises(ConfigError) as e:
@@ -168,7 +168,7 @@ def test_validation_split_is_disjoint_and_keeps_old_keys():
     from w2s_ray.config import SplitConfig
     from w2s_ray.data import load_rows, resolve_dataset, split_rows
 
-    df = load_rows(resolve_dataset("multiemo-sentences"))
+    df = load_rows(resolve_dataset("vader"))
     parts = split_rows(df, SplitConfig(0, 30, 30, 30, n_val=20))
     ids = [set(p["id"]) for p in parts.values()]
     assert len(parts["val"]) >= 20 and sum(map(len, ids)) == len(set().union(*ids))

@@ -40,7 +40,7 @@ CLI_FUZZ = settings(max_examples=8, deadline=None, suppress_health_check=[Health
 ROUND_TRIP = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ALL_DATASETS = sorted(data_mod.REGISTRY)
-CLI_DATASETS = ["multiemo-sentences", "social-iqa"]  # the BIG-bench fixtures conftest puts in W2S_RAY_HOME
+CLI_DATASETS = ["vader", "social-iqa"]  # the BIG-bench fixtures conftest puts in W2S_RAY_HOME
 MODELS = list(models_mod.REGISTRY) + ["some-org/some-model", "hub:other-org/tiny-model"]
 SECTIONS: dict[str, type] = {"": SweepSpec, "split": SplitSizes, "train": TrainOverrides,
                              "resources": ResourcesSpec, "search": SearchSpec}
@@ -612,7 +612,7 @@ def test_valid_small_specs_plan_cleanly(data):
 
 # -- values that type-check but cannot run (found by earlier fuzzing) ---------------------------
 
-BASE = {"name": "t", "datasets": ["multiemo-sentences"], "models": ["minilm-l6-1l", "minilm-l6-2l"],
+BASE = {"name": "t", "datasets": ["vader"], "models": ["minilm-l6-1l", "minilm-l6-2l"],
         "split": {"n_weak": 10, "n_strong": 10, "n_test": 10}}
 
 GAPS = [

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.ray
 
 SPEC = {
     "name": "tiny",
-    "datasets": ["multiemo-sentences"],
+    "datasets": ["vader"],
     "models": ["minilm-l6-1l", "minilm-l6-2l"],
     "pairs": "weak<strong",
     "losses": ["xent", "logconf"],

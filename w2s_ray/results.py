@@ -121,6 +121,8 @@ def cell_row(store: ArtifactStore, cell: Cell, n_boot: int = 1000) -> dict[str, 
         row[f"{role}_key"] = key
         m = store.manifest(key, verify=False)
         row[f"{role}_seconds"] = m.meta.get("seconds") if m else None
+        if role != "labels":  # early stopping: the epoch kept (None: the last, or no epochs at all)
+            row[f"{role}_stop_epoch"] = m.meta.get("selected_epoch") if m else None
     row["data_key"] = cell.data
     row.update(curve_fields(store.manifest(cell.student, verify=False).meta.get("history") or [], row))
     return row
@@ -300,20 +302,34 @@ def short_loss(r: dict[str, Any]) -> str:
 
 def format_grid(frame: pd.DataFrame) -> str:
     """The terminal table of a sweep: one line per cell, numbers straight from the table."""
-    head = (f"{'dataset':20}{'weak':14}{'strong':14}{'loss':22}{'seed':>5}"
+    head = (f"{'dataset':20}{'weak':22}{'strong':14}{'loss':22}{'seed':>5}"
             f"{'weak':>8}{'student':>9}{'ceiling':>9}{'PGR':>8}")
     lines = [head]
     for r in frame.to_dict("records"):
         if r.get("status", "ok") != "ok":
-            lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{r['method'][:21]:22}"
+            lines.append(f"{r['dataset'][:19]:20}{r['weak'][:21]:22}{r['strong'][:13]:14}{r['method'][:21]:22}"
                          f"{r['seed']:>5}  {str(r['status']).upper()}: {r['reason']}")
             continue
         loss = short_loss(r)
         pgr = f"{r['pgr']:.3f}" if _present(r["pgr"]) else "n/a"
         generative = r.get("generative_finetune", NOT_ADAPTED)
         adapted = "" if generative == NOT_ADAPTED else f"  adapted ({generative})"
-        lines.append(f"{r['dataset'][:19]:20}{r['weak'][:13]:14}{r['strong'][:13]:14}{loss:22}{r['seed']:>5}"
+        lines.append(f"{r['dataset'][:19]:20}{r['weak'][:21]:22}{r['strong'][:13]:14}{loss:22}{r['seed']:>5}"
                      f"{r['weak_acc']:>8.4f}{r['student_acc']:>9.4f}{r['ceiling_acc']:>9.4f}{pgr:>8}{adapted}")
+    return "\n".join(lines)
+
+
+def format_summary(agg: pd.DataFrame) -> str:
+    """One line per grid point over its seeds: mean PGR with its interval (numbers from :func:`aggregate`)."""
+    lines = ["PGR over seeds (mean and 95% t-interval; accuracies are means):"]
+    for r in agg.to_dict("records"):
+        if not _present(r.get("pgr_mean")):
+            lines.append(f"PGR  {r['dataset']}: {r['weak']} -> {r['strong']}, {short_loss(r)}: n/a")
+            continue
+        ci = (f"[{r['pgr_ci_low']:.3f}, {r['pgr_ci_high']:.3f}]" if _present(r.get("pgr_ci_low")) else "")
+        lines.append(f"PGR {r['pgr_mean']:>7.3f} {ci:17} {r['n_seeds']} seed(s)  {r['dataset']}: {r['weak']} -> "
+                     f"{r['strong']}, {short_loss(r)} ({r['finetune']}); weak {r['weak_acc_mean']:.4f}, student "
+                     f"{r['student_acc_mean']:.4f}, ceiling {r['ceiling_acc_mean']:.4f}")
     return "\n".join(lines)
 
 

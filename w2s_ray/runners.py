@@ -49,19 +49,39 @@ class Runner:
     task_cpus: float = 0.0  # what a "task" runner reserves (a search's trials reserve their own)
 
 
-def run_data(stage: Stage, ctx: StageContext) -> Meta:
-    """Build a data artifact (A / B / test parquet files) from the dataset the stage was planned from."""
+def run_rows(stage: Stage, ctx: StageContext) -> Meta:
+    """Build a rows artifact (test rows and the pool) from the dataset the stage was planned from."""
     import time
 
-    from w2s_ray.config import SplitConfig
-    from w2s_ray.data import build_data_artifact, resolve_dataset
+    from w2s_ray.config import SplitSizes
+    from w2s_ray.data import build_rows_artifact, resolve_dataset
 
     t0 = time.perf_counter()
     source = stage.params["source"]
     spec = resolve_dataset(source.partition(":")[2] if source.startswith("file:") else stage.params["dataset"])
     with ctx.store.building(stage.key) as build:
-        meta = build_data_artifact(spec, SplitConfig(**stage.params["split"]), build.dir)
+        meta = build_rows_artifact(spec, SplitSizes(**stage.params["sizes"]), build.dir)
         build.meta = meta = {"stage": stage.name, "params": stage.params, **meta,
+                             "seconds": time.perf_counter() - t0}
+    return meta
+
+
+def run_data(stage: Stage, ctx: StageContext) -> Meta:
+    """Deal one seed's A / B / test (/ val) parquet files from a rows artifact."""
+    import time
+
+    import pandas as pd
+
+    from w2s_ray.config import SplitConfig
+    from w2s_ray.data import ROWS_FILE, build_data_artifact
+
+    t0 = time.perf_counter()
+    store, rows_key = ctx.store, stage.inputs["rows"]
+    rows = pd.read_parquet(store.path(rows_key, ROWS_FILE), filesystem=store.fs)
+    column = store.manifest(rows_key, verify=False).meta.get("input_column", "text")
+    with store.building(stage.key) as build:
+        meta = build_data_artifact(rows, SplitConfig(**stage.params["split"]), build.dir, column)
+        build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, **meta,
                              "seconds": time.perf_counter() - t0}
     return meta
 
@@ -100,6 +120,14 @@ def run_head(stage: Stage, ctx: StageContext) -> Meta:
     return PROBE_RUNNERS[stage.kind](stage, ctx.store_uri)
 
 
+def run_classical(stage: Stage, ctx: StageContext) -> Meta:
+    """A TF-IDF or synthetic supervisor (``classical``) or its predictions (``classicalinfer``)."""
+    from w2s_ray.classical import run_classical_infer_stage, run_classical_stage
+
+    run = run_classical_stage if stage.kind == "classical" else run_classical_infer_stage
+    return run(stage, ctx.store_uri)
+
+
 def run_search(stage: Stage, ctx: StageContext) -> Meta:
     from w2s_ray.search import run_search_stage
 
@@ -113,7 +141,13 @@ def _rows(stage: Stage, meta: Meta) -> str:
 
 
 def _trained(stage: Stage, meta: Meta) -> str:
-    return "trained"
+    return "trained" + (f", best epoch {meta['selected_epoch']}" if meta.get("selected_epoch") else "")
+
+
+def _fitted(stage: Stage, meta: Meta) -> str:
+    if "reached_rate" in meta:
+        return f"fitted: disagrees with GT on {meta['reached_rate']:.3f} of A (asked {meta['rate']:g})"
+    return f"fitted on {meta['rows']} rows" + (f", {meta['terms']} terms" if "terms" in meta else "")
 
 
 def _adapted(stage: Stage, meta: Meta) -> str:
@@ -127,6 +161,7 @@ def _selected(stage: Stage, meta: Meta) -> str:
 
 
 RUNNERS: dict[str, Runner] = {
+    "rows": Runner(run_rows, "thread", _rows),
     "data": Runner(run_data, "thread", _rows),
     "train": Runner(run_training, "trial", _trained),
     "adapt": Runner(run_adaptation, "trial", _adapted),
@@ -135,7 +170,10 @@ RUNNERS: dict[str, Runner] = {
     "probe": Runner(run_head, "task", _rows, task_cpus=1),
     "probeinfer": Runner(run_head, "task", _rows, task_cpus=1),
     "search": Runner(run_search, "task", _selected),
+    "classical": Runner(run_classical, "task", _fitted, task_cpus=1),
+    "classicalinfer": Runner(run_classical, "task", _rows, task_cpus=1),
 }
+SMALL_KINDS = ("probe", "probeinfer", "classical", "classicalinfer")  # one thread, one CPU: seconds each
 
 
 def stage_threads(plan: Plan, resources: Resources, cores: int | None = None) -> dict[str, int]:
@@ -150,7 +188,7 @@ def stage_threads(plan: Plan, resources: Resources, cores: int | None = None) ->
     cores = cores or os.cpu_count() or 1
     if resources.torch_threads:
         return dict.fromkeys(plan.stages, resources.torch_threads)
-    threads = {key: 1 if s.kind in ("probe", "probeinfer") else cores for key, s in plan.stages.items()}
+    threads = {key: 1 if s.kind in SMALL_KINDS else cores for key, s in plan.stages.items()}
     for layer in plan.layers():
         trainings = [s for s in layer if s.kind in TRAINING_KINDS]
         side_by_side = max(1, min(len(trainings), resources.max_concurrent_trials))

@@ -41,7 +41,7 @@ from typing import Any
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
 from w2s_ray.plan import TRAINING_KINDS, Plan, Stage
-from w2s_ray.runners import RUNNERS, Runner, StageContext, stage_threads
+from w2s_ray.runners import RUNNERS, SMALL_KINDS, Runner, StageContext, stage_threads
 from w2s_ray.runtime import root_cause
 
 Progress = Callable[[str], None]
@@ -186,7 +186,7 @@ def stage_request(stage: Stage, threads: int, resources: Resources) -> dict[str,
         return {"trainings": k, "cores": k * threads}
     if stage.kind in ("infer", "features"):
         return {"jobs": 1, "cores": threads}
-    if stage.kind in ("probe", "probeinfer"):
+    if stage.kind in SMALL_KINDS:
         return {"cores": threads}
     return {}
 
@@ -205,12 +205,13 @@ class ExecutionReport:
 
 def split_rows(plan: Plan, stage: Stage) -> dict[str, int]:
     """Rows per split of the data a stage reads (for its cost estimate)."""
-    data = plan.stages.get(stage.inputs.get("data", stage.key if stage.kind == "data" else ""))
+    data = plan.stages.get(stage.inputs.get("data") or stage.inputs.get("rows")
+                           or (stage.key if stage.kind in ("data", "rows") else ""))
     if data is None:
         return {}
     from w2s_ray.presets import SPLIT_ROWS
 
-    split = data.params["split"]
+    split = data.params["split" if data.kind == "data" else "sizes"]
     return {name: int(split.get(field_name, 0) or 0) for name, field_name in SPLIT_ROWS.items()}
 
 

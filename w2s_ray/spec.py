@@ -24,6 +24,7 @@ from pydantic import AfterValidator, Discriminator, Field, Tag
 
 from w2s_ray.config import (
     ALPHA_LOSSES,
+    Bool,
     ConfigError,
     ExperimentConfig,
     Finetune,
@@ -161,6 +162,7 @@ class SweepSpec:
     description: Str = ""
     tracking: Tracker | None = None  # log trainings and cells (w2s_ray.tracking)
     generative_finetune: GenerativeFinetune | None = None  # adapt the strong model to the task's texts first
+    early_stopping: Bool = False  # keep each training's best epoch on validation (students: weak labels only)
     # grids whose union is the sweep: each part is a mapping of spec fields (all but name, resources,
     # tracking and parts) that replace the top level's for that grid; cells that two parts share run once
     parts: list[dict[Str, Any]] = dataclasses.field(default_factory=list)
@@ -183,9 +185,11 @@ class SweepSpec:
         """The (weak, strong) pairs, in ladder order."""
         if isinstance(self.pairs, list):
             return [(w, s) for w, s in self.pairs]
+        from w2s_ray.classical import supervisor_only
+
         strict = self.pairs == "weak<strong"
         return [(w, s) for i, w in enumerate(self.models) for j, s in enumerate(self.models)
-                if (i < j if strict else i <= j)]
+                if (i < j if strict else i <= j) and not supervisor_only(s)]
 
     def loss_configs(self) -> list[LossConfig]:
         """xent / product once; logconf once per (alpha_max, warmup_frac)."""
@@ -210,7 +214,7 @@ class SweepSpec:
         slices = self.bootstrap.slice_count(chains) if self.bootstrap is not None else 0
         common = {"train": self.train, "model_train": model_train, "finetune": self.finetune,
                   "probe": self.probe, "test_curves": self.test_curves,
-                  "generative_finetune": self.generative_finetune}
+                  "generative_finetune": self.generative_finetune, "early_stopping": self.early_stopping}
         direct = [
             ExperimentConfig(dataset=ds, weak=weak, strong=strong, loss=loss, split=self._split(seed),
                              search=search, **common)
