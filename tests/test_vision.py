@@ -69,10 +69,10 @@ def _cell(**kw):
 def test_images_plan_as_probes_or_fine_tuned_but_never_as_language_models():
     from w2s_ray.config import GenerativeFinetune
 
-    assert {s.kind for s in plan_experiments([_cell()]).stages.values()} == {"data", "features", "probe",
-                                                                              "probeinfer"}
+    assert {s.kind for s in plan_experiments([_cell()]).stages.values()} == {"rows", "data", "features",
+                                                                              "probe", "probeinfer"}
     full = plan_experiments([_cell().replace(finetune="full")])
-    assert {s.kind for s in full.stages.values()} == {"data", "train", "infer"}
+    assert {s.kind for s in full.stages.values()} == {"rows", "data", "train", "infer"}
     with pytest.raises(ConfigError, match="image dataset"):
         plan_experiments([_cell().replace(finetune="full", generative_finetune=GenerativeFinetune())])
 

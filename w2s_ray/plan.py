@@ -77,7 +77,7 @@ def rows_stage(ds: DatasetSpec, split: SplitConfig) -> Stage:
     """The dataset's test rows and the pool A, B and val are dealt from: the same for every seed."""
     sizes = {k: v for k, v in split.effective().items() if k != "seed"}
     params = {"dataset": ds.name, "source": ds.source, "version": fingerprint(ds), "sizes": sizes}
-    return _stage("rows", f"rows of {ds.name}", params, {}, "data")
+    return _stage("rows", f"rows of {ds.name}", params, {}, "rows")
 
 
 def data_stage(rows: Stage, split: SplitConfig) -> Stage:

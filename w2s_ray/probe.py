@@ -98,21 +98,29 @@ def run_features_stage(stage: Any, store: Any, threads: int | None = None, use_g
     return meta
 
 
-def read_features(store: Any, key: str, data_key: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, features (n, d) float32) of one split of a data artifact, ordered by id.
+def read_features_table(store: Any, key: str, ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, features (n, d) float32) of a features artifact (only ``ids``, if given), ordered by id.
 
     The order is the files' content, not the order Ray Data wrote them in, so
     a seeded head sees the same rows in the same order on every run.
     """
-    ids = pq.read_table(store.path(data_key, f"{split}.parquet"), filesystem=store.fs, columns=["id"])["id"]
     table = pq.read_table(store.path(key, "data"), filesystem=store.fs, columns=["id", "features"])
-    table = table.filter(pc.is_in(table["id"], value_set=ids)).sort_by("id")
-    if table.num_rows != len(ids):
-        raise ValueError(f"features {key} lack {len(ids) - table.num_rows} row(s) of split {split} of {data_key}")
+    if ids is not None:
+        table = table.filter(pc.is_in(table["id"], value_set=ids))
+    table = table.sort_by("id")
     column = table["features"].combine_chunks()
     width = column.type.list_size
     feats = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32)
     return table["id"].to_numpy(zero_copy_only=False), feats
+
+
+def read_features(store: Any, key: str, data_key: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, features) of one split of a data artifact, ordered by id; every row of it must have features."""
+    ids = pq.read_table(store.path(data_key, f"{split}.parquet"), filesystem=store.fs, columns=["id"])["id"]
+    out = read_features_table(store, key, ids)
+    if len(out[0]) != len(ids):
+        raise ValueError(f"features {key} lack {len(ids) - len(out[0])} row(s) of split {split} of {data_key}")
+    return out
 
 
 def _training_rows(store: Any, stage: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

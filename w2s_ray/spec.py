@@ -294,9 +294,13 @@ def _check_semantics(spec: SweepSpec) -> None:
         _prefixed(f"models[{i}]", resolve_model, m)
     if isinstance(spec.pairs, str) and not spec.pair_list():
         raise ConfigError("pairs", f"{spec.pairs!r} gives no pair with {len(spec.models)} model(s)")
+    from w2s_ray.classical import supervisor_only
+
     for i, pair in enumerate(spec.pairs if isinstance(spec.pairs, list) else []):
         for j, m in enumerate(pair):
             _in_ladder(spec, f"pairs[{i}][{j}]", m)
+        if supervisor_only(pair[1]):
+            raise ConfigError(f"pairs[{i}][1]", f"{pair[1]} only labels: it can be a weak model, not a student")
     for m in spec.model_train:
         _in_ladder(spec, f"model_train.{m}", m)
     _check_effective_training(spec)
