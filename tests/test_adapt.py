@@ -91,7 +91,7 @@ def test_adaptation_reads_no_labels_and_is_what_a_training_starts_from(ray_clust
     from w2s_ray.config import Resources
     from w2s_ray.data import load_rows, resolve_dataset
     from w2s_ray.models import load_pretrained, resolve_model
-    from w2s_ray.plan import Plan, adapt_stage, data_stage
+    from w2s_ray.plan import Plan, adapt_stage, data_stage, rows_stage
     from w2s_ray.scheduler import execute
 
     split = SplitConfig(0, 24, 24, 16)
@@ -106,11 +106,11 @@ def test_adaptation_reads_no_labels_and_is_what_a_training_starts_from(ray_clust
     for name, path in files.items():  # through the scheduler: the adapt stage runs in a Tune trial
         store = ArtifactStore(str(tmp_path / name / "store"))
         plan = Plan()
-        data = plan.add(data_stage(resolve_dataset(str(path)), split))
+        data = plan.add(data_stage(plan.add(rows_stage(resolve_dataset(str(path)), split)), split))
         stage = plan.add(adapt_stage(model, GenerativeFinetune(epochs=2, lr=1e-3, max_len=16, batch_size=8), 0,
                                      data))
         report = execute(plan, store, Resources(), str(tmp_path / name / "ray"), progress=lambda _: None)
-        assert set(report.ran) == {data.key, stage.key} and not report.failed
+        assert set(report.ran) == {data.inputs["rows"], data.key, stage.key} and not report.failed
         meta = store.manifest(stage.key).meta
         backbone = store.local_dir(stage.key) / BACKBONE_DIR
         weights[name] = {k: v for f in sorted(backbone.glob("*.safetensors")) for k, v in load_file(str(f)).items()}

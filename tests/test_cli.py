@@ -1,5 +1,6 @@
 """The command line rejects bad input with one clear line, exit code 2, nothing written."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,17 @@ def test_flags_are_checked_by_the_config_classes_and_named_as_flags(args, expect
     assert main(["run", "--out", str(tmp_path / "out"), *args]) == 2
     assert capsys.readouterr().err == f"w2s-ray run: error: {expected}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_setup_with_the_registry_unreachable_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """A fresh machine whose package registry cannot be reached: one error line naming the package, no traceback."""
+    for key, value in {"W2S_RAY_HOME": str(tmp_path / "home"), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                       "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "", "PIP_NO_INDEX": "",
+                       "PIP_CONFIG_FILE": os.devnull, "PIP_DEFAULT_TIMEOUT": "5", "PIP_RETRIES": "0"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["setup"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("w2s-ray setup: error: ")
+    assert "vaderSentiment==3.3.2" in err[0] and "use a local" in err[0]
+    assert not (tmp_path / "home" / "sources" / "vader").exists() or not any(
+        p.is_file() and not p.name.startswith(".") for p in (tmp_path / "home" / "sources" / "vader").iterdir())

@@ -70,3 +70,46 @@ def test_conflicting_duplicate_texts_are_dropped(tmp_path):
     pd.DataFrame({"text": ["a", "a", "b", "b"], "label": [1, 0, 1, 1]}).to_json(path, orient="records", lines=True)
     rows = load_rows(resolve_dataset(str(path)))
     assert rows["text"].tolist() == ["b"]
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"", "the file is empty"),
+    (b"text,label\n", "no rows after the header"),
+    (b"text,label\ngood,1\nbad,\n", "line 3: label must be 0 or 1, found an empty value"),
+    (b"text,label\ngood,1\nbad,2\n", "line 3: label must be 0 or 1, found '2'"),
+    (b"words,target\ngood,1\n", "lacks column(s) ['label', 'text']"),
+    (b"text,label\n,1\n", "line 2: text must be non-empty"),
+    (b'text,label\n"unclosed,1\n', "cannot be read as csv"),
+])
+def test_bad_user_files_are_one_config_error_naming_file_and_line(tmp_path, content, words):
+    path = tmp_path / "mine.csv"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_rows(resolve_dataset(str(path)))
+    assert str(path) in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_latin1_and_utf8_files_read_alike(tmp_path):
+    (tmp_path / "latin.csv").write_bytes("text,label\ncafé crème,1\nnaïve,0\n".encode("latin-1"))
+    (tmp_path / "utf8.csv").write_bytes("text,label\ncafé crème,1\nnaïve,0\n".encode())
+    latin, utf8 = (load_rows(resolve_dataset(str(tmp_path / f))) for f in ("latin.csv", "utf8.csv"))
+    assert latin["text"].tolist() == utf8["text"].tolist() == ["café crème", "naïve"]
+
+
+def test_labels_take_common_spellings(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"text": "a", "label": true}\n{"text": "b", "label": "0"}\n{"text": "c", "label": 1.0}\n')
+    assert sorted(load_rows(resolve_dataset(str(path)))["label"]) == [0, 1, 1]
+
+
+def test_the_pool_is_the_same_for_every_seed_and_dealt_differently(vader_rows):
+    from w2s_ray.data import pool_rows
+
+    sizes = SplitConfig(seed=0, n_weak=200, n_strong=300, n_test=200, n_val=100)
+    pool = pool_rows(vader_rows, sizes)
+    assert (pool["part"] == "test").sum() == 200 and (pool["part"] == "pool").sum() == 600
+    s0, s1 = (split_rows(vader_rows, sizes.__class__(seed, 200, 300, 200, 100)) for seed in (0, 1))
+    for parts in (s0, s1):
+        assert set().union(*(set(parts[k]["id"]) for k in ("A", "B", "val"))) == set(pool.loc[pool["part"] == "pool",
+                                                                                                  "id"])
+    assert set(s0["A"]["id"]) != set(s1["A"]["id"])

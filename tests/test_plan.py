@@ -89,7 +89,8 @@ def test_per_role_finetune_reuses_each_roles_stages_of_the_uniform_modes():
     assert (mixed.ceiling, mixed.ceiling_test) == (probe.ceiling, probe.ceiling_test)
     student = mixed_plan.stages[mixed.student]
     assert student.kind == "probe" and student.inputs["labels"] == full.weak_labels
-    assert mixed_plan.counts() == {"rows": 1, "data": 1, "train": 1, "infer": 2, "features": 1, "probe": 2, "probeinfer": 2}
+    assert mixed_plan.counts() == {"rows": 1, "data": 1, "train": 1, "infer": 2, "features": 1, "probe": 2,
+                                   "probeinfer": 2}
     reverse = plan_experiment(_cfg(finetune=Finetune("probe", "full")))
     labels = reverse.stages[reverse.cells[0].weak_labels]
     assert labels.kind == "probeinfer" and labels.params["text"] is True  # a fine-tuned student reads text

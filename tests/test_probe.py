@@ -97,7 +97,7 @@ def test_a_probe_grid_on_ray_caches_features_once_and_keeps_gt_out_of_the_labels
     # reproducible: the heads trained again in a fresh store (same data and features) predict bit for bit alike
     twin = ArtifactStore(str(tmp_path / "twin"))
     for key, stage in first.stages.items():
-        if stage.kind in ("data", "features"):
+        if stage.kind in ("rows", "data", "features"):
             twin.commit(key, store.local_dir(key), store.manifest(key).meta)
     again = execute(first, twin, Resources(num_cpus=4), str(tmp_path / "ray"), progress=lambda _: None)
     assert {first.stages[k].kind for k in again.ran} == {"probe", "probeinfer"}

@@ -10,13 +10,14 @@ engine can tell the effect from its absence, at an error rate the spec names:
   student should recover most of the gap (PGR high).
 * ``learnable-flips@r``: a hyperplane in the strong model's frozen feature
   space, turned away from the GT direction until it disagrees with GT on r of
-  half A. Its labels are a linear function of those features, so a linear
-  probe on them fits the errors exactly (PGR near 0).
+  halves A and B. Its labels are a linear function of those features, so a
+  linear probe on them fits the errors exactly (PGR near 0).
 
 Each is a ``classical`` stage (fit on half A; a Ray task) and ``classicalinfer``
 stages (its P(class 1) on a split, shaped like every other inference). Fitted
 state is JSON or safetensors, never a pickle. The controls read GT labels by
-definition; real weak models (TF-IDF included) read GT of half A only.
+definition (of the rows they label: A and B); real weak models (TF-IDF
+included) read GT of half A only.
 """
 
 from __future__ import annotations
@@ -107,46 +108,57 @@ def _fit_tfidf(texts: list[str], labels: np.ndarray, seed: int) -> tuple[dict[st
 
 
 def _fit_learnable(store: Any, stage: Any, data: Any, rate: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A hyperplane ``v·z > t`` in standardised strong features whose labels disagree with GT on ``rate`` of A.
+    """Learnable flips on the strong model's features (see :func:`hyperplane_at_rate`).
 
-    ``v`` turns from the GT probe's direction ``u`` towards a seeded random
-    direction orthogonal to it; bisection on the angle finds the rate. Below
-    the probe's own error no angle gets there: the state records the rate it
-    reached.
+    Fitted on GT of halves A and B: a control is defined from GT (random flips
+    flip B's GT), and on A alone (1,000 rows for 384 features) the GT direction
+    overfits, so the rate reached on A would not be the rate on test.
     """
-    from sklearn.linear_model import LogisticRegression
+    import pandas as pd
 
     from w2s_ray.probe import read_features
 
-    ids, feats = read_features(store, stage.inputs["features"], stage.inputs["data"], "A")
-    y = data.set_index("id").loc[ids, "label"].to_numpy()
+    parts = [read_features(store, stage.inputs["features"], stage.inputs["data"], split) for split in ("A", "B")]
+    ids, feats = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    b = pq.read_table(store.path(stage.inputs["data"], "B.parquet"), filesystem=store.fs,
+                      columns=["id", "label"]).to_pandas()
+    y = pd.concat([data[["id", "label"]], b]).set_index("id").loc[ids, "label"].to_numpy()
     mean, std = feats.mean(0), feats.std(0) + 1e-6
-    z = (feats - mean) / std
+    v, t, state = hyperplane_at_rate((feats - mean) / std, y, rate, stage.params["seed"])
+    return ({"rate": rate, **state, "threshold": t},
+            {"direction": v.astype(np.float32), "mean": mean.astype(np.float32), "std": std.astype(np.float32)})
+
+
+def hyperplane_at_rate(z: np.ndarray, y: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, float, dict]:
+    """A hyperplane ``v·z > t`` whose labels disagree with ``y`` on ``rate`` of the rows. → (v, t, facts)
+
+    ``v`` turns from the GT probe's direction ``u`` towards a seeded random
+    direction orthogonal to it; bisection on the angle finds the rate, and
+    ``t`` keeps GT's class balance. Below the probe's own error no angle gets
+    there: ``facts["reached_rate"]`` says what it reached.
+    """
+    from sklearn.linear_model import LogisticRegression
+
     u = LogisticRegression(C=1.0, max_iter=2000).fit(z, y).coef_[0]
     u /= np.linalg.norm(u)
-    r = np.random.default_rng(stage.params["seed"]).standard_normal(len(u))
+    r = np.random.default_rng(seed).standard_normal(len(u))
     r -= (r @ u) * u
     r /= np.linalg.norm(r)
-    pos = float(y.mean())
+    pos = float(np.mean(y))
 
-    def labels_at(theta: float) -> tuple[np.ndarray, float]:
+    def plane(theta: float) -> tuple[np.ndarray, float, float]:
         v = math.cos(theta) * u + math.sin(theta) * r
         score = z @ v
-        t = float(np.quantile(score, 1 - pos))  # keep GT's class balance
-        return v, t
-
-    def error(theta: float) -> float:
-        v, t = labels_at(theta)
-        return float(np.mean((z @ v > t) != (y == 1)))
+        t = float(np.quantile(score, 1 - pos))
+        return v, t, float(np.mean((score > t) != (y == 1)))
 
     lo, hi = 0.0, math.pi / 2
     for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if error(mid) < rate else (lo, mid)
-    theta = lo if abs(error(lo) - rate) <= abs(error(hi) - rate) else hi
-    v, t = labels_at(theta)
-    return ({"rate": rate, "reached_rate": error(theta), "angle_deg": math.degrees(theta), "threshold": t},
-            {"direction": v.astype(np.float32), "mean": mean.astype(np.float32), "std": std.astype(np.float32)})
+        lo, hi = (mid, hi) if plane(mid)[2] < rate else (lo, mid)
+    theta = min((lo, hi), key=lambda a: abs(plane(a)[2] - rate))
+    v, t, reached = plane(theta)
+    return v, t, {"reached_rate": reached, "angle_deg": math.degrees(theta)}
 
 
 # -- predicting ----------------------------------------------------------------------------------

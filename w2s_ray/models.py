@@ -197,7 +197,7 @@ SYNTHETIC_ROWS = [  # what `w2s-ray models` lists for the controls (any rate in 
                           "random-flips@0.3); nothing predicts the errors, so PGR should be high"),
     ModelSpec("learnable-flips@<rate>", "synthetic:learnable@<rate>", params_m=0.0,
               description="weak only, a control: a hyperplane in the strong model's frozen features that "
-                          "disagrees with GT on <rate> of A; a probe copies it, so PGR should be near 0"),
+                          "disagrees with GT on <rate> of A+B; a probe copies it, so PGR should be near 0"),
 ]
 
 
