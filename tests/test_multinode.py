@@ -360,15 +360,19 @@ def test_placement_drivers_on_the_head_train_workers_on_worker_nodes(multinode_s
 @pytest.mark.ray
 def test_the_interrupted_training_resumed_from_its_checkpoint(multinode_sweep):
     """Each run the node loss interrupted went on from its checkpoint: its worker loop started twice, the second
-    time after the epoch it had checkpointed, and its history holds each epoch once (a fresh start would
-    hold every epoch with one start)."""
+    time after an epoch it had checkpointed, and its history holds each epoch once (a fresh start would
+    hold every epoch with one start).
+
+    The test sees a checkpoint once its files are on the shared disk; Train registers it a moment later
+    (after its report), so a kill in between resumes from the epoch before the one seen (seen here on a
+    slow 2-core machine: epoch 3 on disk, resumed after epoch 2). Either is a resume, never a restart."""
     r = multinode_sweep
     assert r["killed_at"]["checkpointed"]
     for key, epoch in r["killed_at"]["checkpointed"].items():  # the strong model's trainings
         history = r["store"].manifest(key).meta["history"]
         assert [h["epoch"] for h in history] == list(range(1, STRONG_EPOCHS + 1)), (key, history)
         starts = [h["epoch"] for h in history if "worker_started_at" in h]
-        assert len(starts) == 2 and starts[0] == 1 and starts[1] > epoch, (key, epoch, starts)
+        assert len(starts) == 2 and starts[0] == 1 and starts[1] >= max(epoch, 2), (key, epoch, starts)
 
 
 def test_ensure_ray_inside_a_ray_job_keeps_the_job_runtime_env(monkeypatch, asset_home):

