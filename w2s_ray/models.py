@@ -181,7 +181,7 @@ def source_fingerprint(source: str) -> str:
     if kind == "classical":
         return f"scikit-learn {importlib.metadata.version('scikit-learn')}"
     if kind == "synthetic":
-        return "1"  # the algorithm's version (w2s_ray.classical)
+        return "2"  # the algorithm's version (w2s_ray.classical): 2 fits learnable flips on A and B
     if kind == "path":
         root = Path(ref)
         listing = sorted(
