@@ -41,5 +41,17 @@ def test_tfidf_and_controls_supervise_probes_with_early_stopping(ray_cluster, tm
         assert set(read_predictions(store, cell.weak_labels).columns) == {"id", "text", "p1"}
         assert np.isfinite(read_predictions(store, cell.weak_test)["p1"]).all()
 
+    from w2s_ray.report import write_report
+    from w2s_ray.results import aggregate, write_results
+
+    out = tmp_path / "results"
+    write_results(list(rows.values()), out, {"command": "test"}, agg=aggregate(list(rows.values())))
+    report = (write_report(out)["report"]).read_text()
+    controls = report.split("## Controls", 1)[1].split("##", 1)[0]
+    assert "random-flips@0.3" in controls and "learnable-flips@0.3" in controls and "tfidf" not in controls
+    assert "tfidf [probe]" not in report  # TF-IDF is no probe, whatever the finetune mode says
+    claims = (out / "claims.csv").read_text()
+    assert "flips" not in claims  # the controls check the engine; the paper's claims use real supervisors
+
     again = execute(plan, store, Resources(max_concurrent_trials=2), str(tmp_path / "ray"), progress=lambda _: None)
     assert not again.ran and len(again.cached) == len(plan.stages)  # re-running trains nothing

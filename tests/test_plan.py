@@ -99,3 +99,17 @@ def test_per_role_finetune_reuses_each_roles_stages_of_the_uniform_modes():
         _cfg(finetune="lora")
     with pytest.raises(ConfigError, match="strong: 'lora' is not allowed"):
         Finetune("full", "lora")
+
+
+def test_full_fine_tuning_early_stops_on_weak_labels_and_takes_weight_decay():
+    from w2s_ray.config import TrainOverrides
+
+    cfg = _cfg(split=SplitConfig(0, 50, 50, 50, 20), early_stopping=True, train=TrainOverrides(weight_decay=0.1))
+    plan = plan_experiment(cfg)
+    cell = plan.cells[0]
+    student, ceiling, weak = (plan.stages[k] for k in (cell.student, cell.ceiling, cell.weak))
+    assert student.params["select"]["objective"] == "weak"
+    val = plan.stages[student.inputs["val_labels"]]
+    assert val.kind == "infer" and val.params["split"] == "val" and val.inputs["model"] == cell.weak
+    assert ceiling.params["select"]["objective"] == weak.params["select"]["objective"] == "gt"
+    assert {s.params["train"]["weight_decay"] for s in (student, ceiling, weak)} == {0.1}

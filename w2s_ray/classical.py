@@ -56,6 +56,11 @@ def supervisor_only(name: str) -> bool:
     return name == TFIDF or FLIPS.match(name) is not None
 
 
+def is_control(name: str) -> bool:
+    """The synthetic supervisors: checks of the engine, kept apart from the paper's claims in the report."""
+    return FLIPS.match(name) is not None
+
+
 def needs_features(model: dict[str, Any]) -> bool:
     """Learnable flips live in the strong model's feature space; the others read text or GT only."""
     return model["source"].startswith("synthetic:learnable")

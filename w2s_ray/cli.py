@@ -70,6 +70,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--minibatch-size", type=int, help="gradient accumulation unit (divides batch size)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay of every training (default 0)")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank for the strong model's trainings (ceiling and "
                    "student; peft adapters, the head trains in full); 0: full fine-tuning (default)")
     p.add_argument("--length-buckets", action="store_true", help="batch training rows of similar length "
@@ -127,7 +128,7 @@ def experiment_from_args(a: argparse.Namespace) -> ExperimentConfig:
         finetune=a.finetune,
         early_stopping=a.early_stopping,
         train=TrainOverrides(a.lr, a.batch_size, a.minibatch_size, a.epochs, a.max_len,
-                             length_buckets=a.length_buckets or None),
+                             length_buckets=a.length_buckets or None, weight_decay=a.weight_decay),
         model_train=((a.strong, TrainOverrides(lora_r=a.lora_r)),) if a.lora_r else (),
     )
 

@@ -382,6 +382,7 @@ class TrainOverrides:
     max_len: PositiveInt | None = None
     lora_r: NonNegInt | None = None  # > 0: train low-rank adapters (peft) instead of every weight; 0: full
     length_buckets: Bool | None = None  # batch rows of similar length together (less padding)
+    weight_decay: Unit | None = None  # AdamW's decoupled weight decay; None: 0
 
 
 @config

@@ -95,6 +95,7 @@ def train_config(model: ModelSpec, ds: DatasetSpec, ov: TrainOverrides, seed: in
         minibatch_size=min(ov.minibatch_size or model.minibatch_size or batch, batch),
         epochs=ov.epochs or DEFAULT_EPOCHS,
         max_len=min(ov.max_len or ds.max_len, model.max_len or ds.max_len),
+        weight_decay=ov.weight_decay or 0.0,
         seed=seed,
     )
 

@@ -72,6 +72,10 @@ def with_modes(frame: pd.DataFrame) -> pd.DataFrame:
     def mark(names: pd.Series, probed: pd.Series) -> pd.Series:  # idempotent: a marked name stays as it is
         return names.where(~probed | names.str.endswith(PROBE), names + PROBE)
 
+    from w2s_ray.classical import supervisor_only
+
+    weak_probe &= ~frame["weak"].astype(str).map(supervisor_only)  # TF-IDF and the controls are no probes
+
     return frame.assign(weak=mark(frame["weak"], weak_probe), strong=mark(frame["strong"], strong_probe))
 
 
@@ -322,10 +326,30 @@ def summary_markdown(cells: pd.DataFrame, agg: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _controls_section(agg: pd.DataFrame) -> str:
+    """The synthetic supervisors' PGRs: can the engine tell an effect (random flips) from none (learnable flips)?"""
+    from w2s_ray.classical import is_control
+
+    controls = agg[agg["weak"].map(base_name).map(is_control)]
+    if controls.empty:
+        return ""
+    cols = ["dataset", "weak", "strong", "loss", "n_seeds", "weak_acc_mean", "student_acc_mean", "pgr_mean",
+            "pgr_ci_low", "pgr_ci_high", "agreement_mean"]
+    return ("\n## Controls\n\nSynthetic supervisors that check the engine (left out of the claims below): "
+            "`random-flips@r` flips GT at random (nothing predicts its errors: PGR should be well above 0), "
+            "`learnable-flips@r` is a hyperplane in the strong model's features (a probe copies it: PGR should "
+            "be near 0). Where their intervals overlap, this data cannot tell an effect from its absence.\n\n"
+            + _markdown_table(controls[[c for c in cols if c in controls]]) + "\n")
+
+
 def _claims_section(cells: pd.DataFrame, results_dir: Path) -> str:
     """The paper's claims this table can test (``claims.csv``: every comparison), summarised per dataset."""
     from w2s_ray.claims import comparisons, summary
+    from w2s_ray.classical import is_control
 
+    cells = cells[~cells["weak"].map(base_name).map(is_control)]  # controls check the engine, not the paper
+    if cells.empty:
+        return ""
     comps = comparisons(cells.assign(weak=cells["weak"].map(base_name), strong=cells["strong"].map(base_name)))
     if comps.empty:
         return ""
@@ -361,6 +385,7 @@ def write_report(results_dir: Path) -> dict[str, Path]:
         text += ("\n## Student test accuracy over training\n\nGT test accuracy after each epoch, logged for "
                  "analysis only (nothing selects on it): a curve that rises then falls is the student "
                  "overfitting to its weak labels.\n\n![training curves](training_curves.png)\n")
+    text += _controls_section(agg)
     text += _claims_section(cells, results_dir)
     trials_path = results_dir / "trials.parquet"
     if trials_path.is_file():
