@@ -10,15 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from w2s_ray.classical import (
-    _fit_tfidf,
-    _predict_tfidf,
-    _random_flips,
-    hyperplane_at_rate,
-    parse_flips,
-    supervisor_only,
-)
+from w2s_ray.classical import _fit_tfidf, _predict_tfidf, _random_flips, hyperplane_at_rate
 from w2s_ray.config import ConfigError, ExperimentConfig, SplitConfig
+from w2s_ray.models import parse_flips, supervisor_only
 from w2s_ray.plan import plan_experiment
 from w2s_ray.spec import spec_from_dict
 

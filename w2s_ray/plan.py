@@ -49,7 +49,7 @@ from w2s_ray.config import (
     TrainOverrides,
 )
 from w2s_ray.data import DatasetSpec, fingerprint, resolve_dataset
-from w2s_ray.models import ModelSpec, is_supervisor_only, resolve_model
+from w2s_ray.models import ModelSpec, resolve_model, supervisor_only
 
 DEFAULT_EPOCHS = 2
 GT_LOSS = LossConfig("xent")
@@ -445,11 +445,11 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     strong_model = resolve_model(cfg.strong, "strong")
     for field_name, model in (("strong", strong_model), *((f"chain[{i}]", resolve_model(m)) for i, m in
                                                            enumerate(cfg.chain))):
-        if is_supervisor_only(model):
+        if supervisor_only(model.name):
             raise ConfigError(field_name, f"{model.name} only labels: it can be a weak model, not a student")
     rows = plan.add(rows_stage(ds, cfg.split))
     data = plan.add(data_stage(rows, cfg.split))
-    weak_mode = "classical" if is_supervisor_only(weak_model) else cfg.finetune.weak
+    weak_mode = "classical" if supervisor_only(weak_model.name) else cfg.finetune.weak
     weak_side = RoleStages(plan, cfg, ds, data, weak_model, weak_mode, "weak", partner=strong_model)
     strong_side = RoleStages(plan, cfg, ds, data, strong_model, cfg.finetune.strong, "strong")
     weak = weak_side.fit("weak", GT_LOSS, "A")

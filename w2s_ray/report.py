@@ -72,7 +72,7 @@ def with_modes(frame: pd.DataFrame) -> pd.DataFrame:
     def mark(names: pd.Series, probed: pd.Series) -> pd.Series:  # idempotent: a marked name stays as it is
         return names.where(~probed | names.str.endswith(PROBE), names + PROBE)
 
-    from w2s_ray.classical import supervisor_only
+    from w2s_ray.models import supervisor_only
 
     weak_probe &= ~frame["weak"].astype(str).map(supervisor_only)  # TF-IDF and the controls are no probes
 
@@ -328,7 +328,7 @@ def summary_markdown(cells: pd.DataFrame, agg: pd.DataFrame) -> str:
 
 def _controls_section(agg: pd.DataFrame) -> str:
     """The synthetic supervisors' PGRs: can the engine tell an effect (random flips) from none (learnable flips)?"""
-    from w2s_ray.classical import is_control
+    from w2s_ray.models import is_control
 
     controls = agg[agg["weak"].map(base_name).map(is_control)]
     if controls.empty:
@@ -345,7 +345,7 @@ def _controls_section(agg: pd.DataFrame) -> str:
 def _claims_section(cells: pd.DataFrame, results_dir: Path) -> str:
     """The paper's claims this table can test (``claims.csv``: every comparison), summarised per dataset."""
     from w2s_ray.claims import comparisons, summary
-    from w2s_ray.classical import is_control
+    from w2s_ray.models import is_control
 
     cells = cells[~cells["weak"].map(base_name).map(is_control)]  # controls check the engine, not the paper
     if cells.empty:

