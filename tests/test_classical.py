@@ -128,3 +128,9 @@ def test_features_are_planned_once_for_every_seed():
 
     plan = plan_experiments(cells)
     assert plan.counts()["features"] == 2 and plan.counts()["rows"] == 1 and plan.counts()["data"] == 3
+
+
+def test_tfidf_is_refused_on_images():
+    with pytest.raises(ConfigError, match="tfidf reads words"):
+        plan_experiment(ExperimentConfig("digits", "tfidf", "vit-tiny", split=SplitConfig(0, 50, 50, 50),
+                                         finetune="probe"))

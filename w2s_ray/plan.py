@@ -49,7 +49,7 @@ from w2s_ray.config import (
     TrainOverrides,
 )
 from w2s_ray.data import DatasetSpec, fingerprint, resolve_dataset
-from w2s_ray.models import ModelSpec, resolve_model, supervisor_only
+from w2s_ray.models import TFIDF, ModelSpec, resolve_model, supervisor_only
 
 DEFAULT_EPOCHS = 2
 GT_LOSS = LossConfig("xent")
@@ -447,6 +447,8 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
                                                            enumerate(cfg.chain))):
         if supervisor_only(model.name):
             raise ConfigError(field_name, f"{model.name} only labels: it can be a weak model, not a student")
+    if ds.modality == "image" and weak_model.name == TFIDF:
+        raise ConfigError("weak", f"tfidf reads words; {ds.name} is an image dataset")
     rows = plan.add(rows_stage(ds, cfg.split))
     data = plan.add(data_stage(rows, cfg.split))
     weak_mode = "classical" if supervisor_only(weak_model.name) else cfg.finetune.weak
