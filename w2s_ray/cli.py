@@ -335,7 +335,33 @@ def cmd_list(rows: list[dict], columns: Sequence[str]) -> int:
     return 0
 
 
+def _leave_interrupted() -> None:
+    """End the process after Ctrl-C without finalizing the interpreter.
+
+    Stage threads may still be inside Ray's or torch's native code; finalizing
+    the interpreter under them crashed once (SIGSEGV instead of exit 130, in
+    tests/test_sweep.py on 2 cores). Ray is shut down first, so a local cluster
+    this run started goes with it; committed artifacts are already on disk.
+    """
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the console script: a process of its own
+        code = _main(argv)
+        if code == 130:
+            _leave_interrupted()
+        return code
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:  # `w2s-ray datasets | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
