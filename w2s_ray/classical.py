@@ -155,14 +155,15 @@ def run_classical_infer_stage(stage: Any, store_uri: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     fit = store.manifest(stage.inputs["model"], verify=False).meta
     data_key, split = stage.inputs["data"], stage.params["split"]
-    rows = pq.read_table(store.path(data_key, f"{split}.parquet"), filesystem=store.fs).to_pandas()
+    source = fit["params"]["model"]["source"]
+    columns = ["id", "group", "text", *(["label"] if source.startswith("synthetic:random") else [])]
+    rows = pq.read_table(store.path(data_key, f"{split}.parquet"), filesystem=store.fs, columns=columns).to_pandas()
     if "slice" in stage.params:  # a bootstrapping chain's first step labels only its slice of B
         index, count = stage.params["slice"]
         rows = rows[[bootstrap_slice(g, count) == index for g in rows["group"]]]
     rows = rows.sort_values("id", kind="mergesort").reset_index(drop=True)
     state = json.loads((store.local_dir(stage.inputs["model"]) / STATE_FILE).read_text())
     arrays = _arrays(store, stage.inputs["model"])
-    source = fit["params"]["model"]["source"]
     if source.startswith("classical:"):
         p1 = _predict_tfidf(state, arrays, rows["text"].tolist())
     elif source.startswith("synthetic:random"):

@@ -168,8 +168,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         resources = Resources(address=a.address, dashboard=a.dashboard, max_concurrent_trials=a.max_concurrent
                               if a.max_concurrent is not None else 2 if a.address else local_concurrency())
         plan = plan_experiment(cfg)
-        _check_split_fits(cfg.dataset, cfg.split.n_weak + cfg.split.n_strong + cfg.split.n_test + cfg.split.n_val,
-                          "--n-weak + --n-strong + --n-test + --n-val")
+        _check_split_fits(cfg.dataset, cfg.split.total, "--n-weak + --n-strong + --n-test + --n-val")
         tracker = _tracker(a.tracking, Path(a.out), "w2s-ray run")
     except ConfigError as e:
         return _fail("run", f"{_flag(e.path)}: {e.message}")
@@ -251,8 +250,7 @@ def _load_sweep(command: str, path: str) -> tuple[SweepSpec, Plan] | int:
         spec = load_spec(path)
         for part in spec.part_specs():
             for ds in part.datasets:
-                _check_split_fits(ds, part.split.n_weak + part.split.n_strong + part.split.n_test + part.split.n_val,
-                                  "split.n_weak + split.n_strong + split.n_test + split.n_val")
+                _check_split_fits(ds, part.split.total, "split.n_weak + split.n_strong + split.n_test + split.n_val")
         plan = plan_experiments(spec.experiments())
         if spec.resources.use_gpu:
             check_gpu_fit(plan)

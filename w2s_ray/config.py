@@ -332,6 +332,11 @@ class SplitSizes:
     n_test: PositiveInt = 2000
     n_val: NonNegInt = 0  # held out of the B side for model selection (alpha search); 0: none
 
+    @property
+    def total(self) -> int:
+        """Rows the splits take from a dataset."""
+        return self.n_test + self.n_weak + self.n_strong + self.n_val
+
 
 @config
 class _Seed:

@@ -483,7 +483,7 @@ def pool_rows(df: pd.DataFrame, sizes: SplitSizes, dataset: str = "dataset") -> 
     the same for every seed; a seed only decides which pool rows go to A, B and
     val (:func:`assign_splits`). → the rows with a ``part`` column (test/pool).
     """
-    need = sizes.n_test + sizes.n_weak + sizes.n_strong + sizes.n_val
+    need = sizes.total
     if need > len(df):
         raise ConfigError(
             "split", f"{dataset} has {len(df)} rows; n_test + n_weak + n_strong + n_val = {need} do not fit"

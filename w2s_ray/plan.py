@@ -170,7 +170,7 @@ def infer_stage(role: str, model: Stage, data: Stage | str, split: str,
                   {"model": model.key, "data": data_key}, stage_role)
 
 
-SELECT_COLUMN = {"weak": "p1", "oracle": "label"}
+SELECT_COLUMN = {"weak": "p1", "oracle": "label", "gt": "label"}  # gt: early stopping of a GT-trained model
 
 
 def search_stage(model: ModelSpec, train: TrainConfig, search: SearchConfig, data: Stage, labels: Stage,
@@ -357,8 +357,8 @@ def with_selection(stage: Stage, val_labels: Stage | None) -> Stage:
     student, GT val labels for a model trained on GT (weak, ceiling). The GT
     test set is never read.
     """
-    select = {"objective": "weak", "column": "p1"} if val_labels is not None else {"objective": "gt",
-                                                                                   "column": "label"}
+    objective = "weak" if val_labels is not None else "gt"
+    select = {"objective": objective, "column": SELECT_COLUMN[objective]}
     inputs = dict(stage.inputs) | ({"val_labels": val_labels.key} if val_labels is not None else {})
     return _stage(stage.kind, stage.name + " [early stop]", {**stage.params, "select": select}, inputs, stage.role)
 
@@ -380,7 +380,7 @@ class RoleStages:
     model: ModelSpec
     mode: str  # full, probe, or classical (TF-IDF and the synthetic controls; weak only)
     role: str  # weak or strong: generative finetuning adapts the strong model only, as in the paper
-    partner: ModelSpec | None = None  # the strong model, whose features learnable flips live in
+    partner: RoleStages | None = None  # the strong side, whose features learnable flips live in
     val_labels: Stage | None = None  # early stopping: a student's weak-labelled validation rows
 
     @property
@@ -403,11 +403,8 @@ class RoleStages:
             test_curves: int = 0) -> Stage:
         """Train on ``split``: GT if ``labels`` is None, else those weak labels (early stopped if asked)."""
         if self.mode == "classical":
-            features = None
-            if needs_features(self.model.effective()) and self.partner is not None:
-                max_len = train_config(self.partner, self.ds, self.cfg.overrides_for(self.partner.name),
-                                       self.cfg.split.seed).max_len
-                features = self.plan.add(features_stage(self.partner, max_len, self.data.inputs["rows"]))
+            learnable = needs_features(self.model.effective()) and self.partner is not None
+            features = self.partner.features if learnable else None
             return self.plan.add(classical_stage(self.model, self.cfg.split.seed, self.data, features))
         if self.mode == "probe":  # a probe logs its GT test curve always (cheap, analysis only)
             stage = probe_stage(role, self.model, self.cfg.probe, self.cfg.split.seed, loss, self.features,
@@ -452,8 +449,8 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
     rows = plan.add(rows_stage(ds, cfg.split))
     data = plan.add(data_stage(rows, cfg.split))
     weak_mode = "classical" if supervisor_only(weak_model.name) else cfg.finetune.weak
-    weak_side = RoleStages(plan, cfg, ds, data, weak_model, weak_mode, "weak", partner=strong_model)
     strong_side = RoleStages(plan, cfg, ds, data, strong_model, cfg.finetune.strong, "strong")
+    weak_side = RoleStages(plan, cfg, ds, data, weak_model, weak_mode, "weak", partner=strong_side)
     weak = weak_side.fit("weak", GT_LOSS, "A")
     labels = None if cfg.chain else weak_side.predict("weak", weak, "B")
     if cfg.early_stopping:
