@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from w2s_ray.claims import comparisons, summary
+from w2s_ray.claims import comparisons, sign_counts, summary
 
 
 def _cells(pgr: dict, agreement: dict | None = None, best_bonus: float = 0.1) -> pd.DataFrame:
@@ -14,7 +14,7 @@ def _cells(pgr: dict, agreement: dict | None = None, best_bonus: float = 0.1) ->
             rows.append({"dataset": "d", "weak": weak, "strong": strong, "finetune": "full", "loss": loss,
                          "method": "fixed", "alpha_max": 0.5 if loss == "logconf" else None, "seed": seed,
                          "status": "ok", "pgr": v, "pgr_best": v + best_bonus + 0.01 * seed,
-                         "weak_acc": 0.7, "ceiling_acc": 0.8,
+                         "weak_acc": 0.7, "ceiling_acc": 0.8, "student_acc": 0.7 + 0.1 * v,
                          "agreement": (agreement or {}).get(strong, 0.9) + 0.001 * seed})
     return pd.DataFrame(rows)
 
@@ -62,3 +62,42 @@ def test_generative_finetuning_is_compared_with_the_same_cell_without_it_and_nev
     assert g.loc[False, "estimate"] == pytest.approx(-0.1, abs=1e-6) and g.loc[False, "verdict"] == "contradicts"
     a = comps[comps["claim"] == "a"]
     assert len(a) == 2 and a["comparison"].str.contains(r"\(full\+adapted\)").sum() == 1
+
+
+def test_the_gain_is_regressed_on_the_misfit_seed_by_seed():
+    """Claim (h): a grid where the students that disagree more with their supervisor gain more supports it;
+    the reverse contradicts it; the slope is the gain per unit of misfit."""
+    rows = []
+    for seed in range(4):
+        for i, misfit in enumerate([0.1, 0.2, 0.3, 0.4]):
+            rows.append({"dataset": "d", "weak": f"w{i}", "strong": "s", "finetune": "probe", "loss": "xent",
+                         "method": "fixed", "alpha_max": None, "seed": seed, "status": "ok", "pgr": 0.5,
+                         "weak_acc": 0.6, "ceiling_acc": 0.8, "agreement": 1 - misfit,
+                         "student_acc": 0.6 + 0.5 * misfit + 0.01 * seed * (i % 2)})
+    grows = pd.DataFrame(rows)
+    h = comparisons(grows).query("claim == 'h'")
+    assert h["verdict"].tolist() == ["supports"] and h["estimate"].iloc[0] == pytest.approx(0.5, abs=0.05)
+    shrinks = grows.assign(student_acc=0.9 - grows["student_acc"] + 0.6)
+    assert comparisons(shrinks).query("claim == 'h'")["verdict"].tolist() == ["contradicts"]
+
+
+def test_the_controls_are_compared_with_each_other_and_left_out_of_the_papers_claims():
+    cells = _cells({("random-flips@0.3", "s", "xent"): [0.60, 0.55, 0.62],
+                    ("learnable-flips@0.3", "s", "xent"): [0.02, -0.01, 0.03],
+                    ("random-flips@0.2", "s", "xent"): [0.50, 0.45, 0.52]})
+    comps = comparisons(cells)
+    assert set(comps["claim"]) == {"controls"}  # no claim (a) from a synthetic supervisor
+    ctl = comps.iloc[0]
+    assert len(comps) == 1 and ctl["verdict"] == "supports" and "flips@0.3" in ctl["comparison"]
+    assert ctl["random_pgr"] == pytest.approx(0.59) and ctl["learnable_pgr"] == pytest.approx(0.0133, abs=1e-3)
+
+
+def test_a_dataset_verdict_is_the_majority_of_its_comparisons_and_datasets_are_counted_per_claim():
+    one = _cells({("w", "s", "xent"): [0.3, 0.35, 0.32], ("w", "t", "xent"): [0.3, 0.31, 0.33]})
+    mixed = _cells({("w", "s", "xent"): [0.3, 0.35, 0.32], ("w", "t", "xent"): [-0.3, -0.31, -0.33]})
+    cells = pd.concat([one, mixed.assign(dataset="e")], ignore_index=True)
+    by_dataset = summary(comparisons(cells))
+    a = by_dataset[by_dataset["claim"].str.startswith("(a)")].set_index("dataset")["verdict"]
+    assert a.to_dict() == {"d": "supports", "e": "unresolved"}  # one of two support: no majority
+    counts = sign_counts(by_dataset).set_index("claim").loc[by_dataset["claim"].iloc[0]]
+    assert (counts["datasets"], counts["supports"], counts["unresolved"]) == (2, 1, 1)

@@ -335,7 +335,7 @@ def _controls_section(agg: pd.DataFrame) -> str:
         return ""
     cols = ["dataset", "weak", "strong", "loss", "n_seeds", "weak_acc_mean", "student_acc_mean", "pgr_mean",
             "pgr_ci_low", "pgr_ci_high", "agreement_mean"]
-    return ("\n## Controls\n\nSynthetic supervisors that check the engine (left out of the claims below): "
+    return ("\n## Controls\n\nSynthetic supervisors that check the engine (left out of the paper's claims below): "
             "`random-flips@r` flips GT at random (nothing predicts its errors: PGR should be well above 0), "
             "`learnable-flips@r` is a hyperplane in the strong model's features (a probe copies it: PGR should "
             "be near 0). Where their intervals overlap, this data cannot tell an effect from its absence.\n\n"
@@ -343,11 +343,10 @@ def _controls_section(agg: pd.DataFrame) -> str:
 
 
 def _claims_section(cells: pd.DataFrame, results_dir: Path) -> str:
-    """The paper's claims this table can test (``claims.csv``: every comparison), summarised per dataset."""
+    """The paper's claims this table can test (``claims.csv``: every comparison), summarised per dataset;
+    the controls are compared with each other, never counted for the paper."""
     from w2s_ray.claims import comparisons, summary
-    from w2s_ray.models import is_control
 
-    cells = cells[~cells["weak"].map(base_name).map(is_control)]  # controls check the engine, not the paper
     if cells.empty:
         return ""
     comps = comparisons(cells.assign(weak=cells["weak"].map(base_name), strong=cells["strong"].map(base_name)))
