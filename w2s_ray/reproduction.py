@@ -17,6 +17,7 @@ table was typed by hand or left behind by a new run.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -47,8 +48,6 @@ MARKER = re.compile(r"(<!-- table:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /ta
 
 def export(results_dir: Path, out: Path = CSV_DIR, make_seconds: float | None = None) -> dict[str, Path]:
     """``results.csv``, ``claims.csv`` and ``run.csv`` in ``out`` from a sweep's results directory."""
-    import json
-
     cells, _ = read_results(results_dir)
     run = json.loads((Path(results_dir) / "results.json").read_text())["run"]
     ok = cells[cells["status"] == "ok"]
@@ -109,13 +108,12 @@ def grid_table(results: pd.DataFrame, controls: bool, loss: str | None = None) -
     return markdown_table(show)
 
 
-def claims_table(comps: pd.DataFrame) -> str:
-    by_dataset = claims_mod.summary(comps)
+def claims_table(by_dataset: pd.DataFrame) -> str:
     return markdown_table(by_dataset.drop(columns=["mean estimate"]))
 
 
-def signs_table(comps: pd.DataFrame) -> str:
-    return markdown_table(claims_mod.sign_counts(claims_mod.summary(comps)))
+def signs_table(by_dataset: pd.DataFrame) -> str:
+    return markdown_table(claims_mod.sign_counts(by_dataset))
 
 
 def comparisons_table(comps: pd.DataFrame, claim: str, extra: dict[str, str] | None = None) -> str:
@@ -159,13 +157,14 @@ def _read(csv_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 def tables(csv_dir: Path = CSV_DIR) -> dict[str, str]:
     """Every table the documents may hold, by marker name, from the CSVs alone."""
     results, comps, run = _read(csv_dir)
+    by_dataset = claims_mod.summary(comps)  # the per-dataset verdicts both claim tables read
     builders: dict[str, Callable[[], str]] = {
         "run": lambda: run_table(run),
         "grid": lambda: grid_table(results, controls=False),
         "grid-xent": lambda: grid_table(results, controls=False, loss="xent"),
         "controls": lambda: grid_table(results, controls=True),
-        "claims": lambda: claims_table(comps),
-        "signs": lambda: signs_table(comps),
+        "claims": lambda: claims_table(by_dataset),
+        "signs": lambda: signs_table(by_dataset),
         "misfit": lambda: comparisons_table(comps, "h"),
         "control-checks": lambda: comparisons_table(
             comps, "controls", {"random_pgr": "random-flips PGR", "learnable_pgr": "learnable-flips PGR"}),
@@ -188,23 +187,27 @@ def render(text: str, built: dict[str, str], where: str = "document") -> str:
     return MARKER.sub(table, text)
 
 
+def _changes(root: Path, docs: tuple[Path, ...], csv_dir: Path) -> list[tuple[Path, str]]:
+    """(document, its text with the tables rebuilt) for every document under ``root`` whose tables differ."""
+    built = tables(root / csv_dir)
+    out = []
+    for p in (root / d for d in docs):
+        if p.is_file():
+            text = p.read_text()
+            new = render(text, built, str(p))
+            if new != text:
+                out.append((p, new))
+    return out
+
+
 def stale(root: Path = Path("."), docs: tuple[Path, ...] = DOCS, csv_dir: Path = CSV_DIR) -> list[Path]:
     """The documents (under ``root``) whose marked tables differ from what the CSVs give."""
-    built = tables(root / csv_dir)
-    return [root / p for p in docs
-            if (root / p).is_file() and render((root / p).read_text(), built, str(p)) != (root / p).read_text()]
+    return [p for p, _ in _changes(root, docs, csv_dir)]
 
 
 def rewrite(root: Path = Path("."), docs: tuple[Path, ...] = DOCS, csv_dir: Path = CSV_DIR) -> list[Path]:
     """Rebuild the marked tables of ``docs`` (under ``root``) in place; returns the ones that changed."""
-    built = tables(root / csv_dir)
-    changed = []
-    for p in (root / d for d in docs):
-        if not p.is_file():
-            continue
-        text = p.read_text()
-        new = render(text, built, str(p))
-        if new != text:
-            p.write_text(new)
-            changed.append(p)
-    return changed
+    changes = _changes(root, docs, csv_dir)
+    for p, new in changes:
+        p.write_text(new)
+    return [p for p, _ in changes]
