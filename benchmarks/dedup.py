@@ -22,8 +22,8 @@ import common  # noqa: F401  (environment + sys.path)
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
+from w2s_ray.engine.scheduler import execute
 from w2s_ray.plan import plan_experiments
-from w2s_ray.scheduler import execute
 from w2s_ray.spec import spec_from_dict
 
 WEAK = ["minilm-l6-1l", "minilm-l6-2l"]

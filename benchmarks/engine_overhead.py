@@ -22,10 +22,10 @@ from common import Timer, accuracy, bare_predict, bare_train, experiment, experi
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
+from w2s_ray.engine.scheduler import execute
 from w2s_ray.plan import plan_experiment
 from w2s_ray.results import cell_row
 from w2s_ray.runtime import local_concurrency
-from w2s_ray.scheduler import execute
 
 
 def run_engine(a, out: Path) -> tuple[float, dict[str, float], dict[str, dict[str, float]], dict]:

@@ -31,11 +31,11 @@ import torch
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources, SplitConfig
 from w2s_ray.data import ROWS_FILE, resolve_dataset
+from w2s_ray.engine.scheduler import execute
 from w2s_ray.models import resolve_model, resolve_source
 from w2s_ray.plan import Plan, features_stage, rows_stage
 from w2s_ray.probe import read_features_table
 from w2s_ray.runtime import ensure_ray
-from w2s_ray.scheduler import execute
 
 
 def engine(a: argparse.Namespace, store: ArtifactStore) -> tuple[float, str, str]:

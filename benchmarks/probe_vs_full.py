@@ -21,9 +21,9 @@ import common
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
+from w2s_ray.engine.scheduler import execute
 from w2s_ray.plan import plan_experiments
 from w2s_ray.results import cell_row
-from w2s_ray.scheduler import execute
 from w2s_ray.spec import spec_from_dict
 
 ALPHAS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9]

@@ -31,9 +31,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from w2s_ray.artifacts import ArtifactStore, stage_key
 from w2s_ray.config import Resources
+from w2s_ray.engine.scheduler import execute, stage_costs
 from w2s_ray.plan import Plan, Stage, plan_experiments
 from w2s_ray.runners import RUNNERS, Runner, StageContext
-from w2s_ray.scheduler import execute, stage_costs
 from w2s_ray.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

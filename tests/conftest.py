@@ -91,8 +91,8 @@ def pipeline_run(ray_cluster, tmp_path_factory):
 
     from w2s_ray.artifacts import ArtifactStore
     from w2s_ray.config import Resources
+    from w2s_ray.engine.scheduler import execute
     from w2s_ray.plan import plan_experiment
-    from w2s_ray.scheduler import execute
 
     out = tmp_path_factory.mktemp("pipeline")
     cfg = pipeline_config()

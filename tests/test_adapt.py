@@ -90,9 +90,9 @@ def test_adaptation_reads_no_labels_and_is_what_a_training_starts_from(ray_clust
     from w2s_ray.artifacts import ArtifactStore
     from w2s_ray.config import Resources
     from w2s_ray.data import load_rows, resolve_dataset
+    from w2s_ray.engine.scheduler import execute
     from w2s_ray.models import load_pretrained, resolve_model
     from w2s_ray.plan import Plan, adapt_stage, data_stage, rows_stage
-    from w2s_ray.scheduler import execute
 
     split = SplitConfig(0, 24, 24, 16)
     rows = load_rows(resolve_dataset("vader"))[["text", "label"]].iloc[:80].reset_index(drop=True)

@@ -8,10 +8,10 @@ import pandas as pd
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import ExperimentConfig, ProbeConfig, Resources, SplitConfig
+from w2s_ray.engine.scheduler import execute
 from w2s_ray.label import read_predictions
 from w2s_ray.plan import plan_experiments
 from w2s_ray.results import cell_row
-from w2s_ray.scheduler import execute
 
 SUPERVISORS = ["tfidf", "random-flips@0.3", "learnable-flips@0.3"]
 

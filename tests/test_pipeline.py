@@ -11,9 +11,9 @@ import pytest
 from conftest import PIPELINE_EPOCHS, pipeline_config
 
 from w2s_ray.config import LossConfig, Resources
+from w2s_ray.engine.scheduler import execute
 from w2s_ray.plan import plan_experiment
 from w2s_ray.results import cell_row
-from w2s_ray.scheduler import execute
 
 pytestmark = pytest.mark.ray
 

@@ -78,8 +78,8 @@ def test_probe_mode_refuses_chains_and_bad_probe_settings():
 def test_a_probe_grid_on_ray_caches_features_once_and_keeps_gt_out_of_the_labels(ray_cluster, tmp_path):
     from w2s_ray.artifacts import ArtifactStore
     from w2s_ray.config import Resources
+    from w2s_ray.engine.scheduler import execute
     from w2s_ray.results import cell_row
-    from w2s_ray.scheduler import execute
 
     store = ArtifactStore(str(tmp_path / "store"))
     first = plan_experiments([_cfg(LossConfig("xent")), _cfg(LossConfig("logconf", 0.5))])
@@ -123,8 +123,8 @@ def test_probe_alpha_search_selects_on_weak_labels_only(ray_cluster, tmp_path):
 
     from w2s_ray.artifacts import ArtifactStore
     from w2s_ray.config import Resources, SearchConfig
+    from w2s_ray.engine.scheduler import execute
     from w2s_ray.results import cell_row
-    from w2s_ray.scheduler import execute
     from w2s_ray.search import read_trials
 
     search = SearchConfig(objective="weak", num_samples=3, max_concurrent=1, seed=0)

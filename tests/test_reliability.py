@@ -302,8 +302,8 @@ def _labels(store: ArtifactStore, key: str):
 
 @pytest.fixture(scope="module")
 def runs(pipeline_run, tmp_path_factory):
+    from w2s_ray.engine.scheduler import execute
     from w2s_ray.results import cell_row
-    from w2s_ray.scheduler import execute
 
     root = tmp_path_factory.mktemp("reliability")
     plan = plan_experiment(CFG)

@@ -15,28 +15,49 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from w2s_ray.artifacts import ArtifactStore, stage_key
+from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import Resources
-from w2s_ray.plan import Plan, Stage
-from w2s_ray.runners import Runner, StageContext, stage_threads
-from w2s_ray.scheduler import Dataflow, Scheduler, State
+from w2s_ray.engine.dataflow import Dataflow, Pools, State, stage_threads
+from w2s_ray.engine.scheduler import Scheduler
+from w2s_ray.plan import Plan
+from w2s_ray.stages import KINDS, Stage, StageContext, StageKind, register, unregister
+from w2s_ray.stages.base import cores_request
+
+
+@dataclass(frozen=True)
+class ToyParams:
+    i: int
+
+
+def _unused(stage: Stage, ctx: StageContext) -> dict:
+    raise AssertionError("each test installs its own runner")
+
+
+# A kind of stage this file alone defines: the engine runs it like any built-in kind.
+TOY = StageKind("toy", "a test's stage: one thread, one core", ToyParams, _unused, where="thread", threads="one",
+                request=cores_request)
+
+
+@pytest.fixture(autouse=True)
+def toy_kind():
+    register(TOY)
+    yield
+    unregister("toy")
 
 
 def toy_plan(edges: list[list[int]]) -> Plan:
-    """Stage i reads the stages in ``edges[i]`` (all < i): linear heads, so no Ray and no data are needed."""
+    """Stage i reads the stages in ``edges[i]`` (all < i): toy stages, so no Ray and no data are needed."""
     plan = Plan()
     keys: list[str] = []
     for i, deps in enumerate(edges):
-        inputs = {f"in{j}": keys[j] for j in deps}
-        key = stage_key("probe", {"i": i}, inputs)
-        plan.add(Stage(key, "probe", f"stage {i}", {"i": i}, inputs, "toy"))
-        keys.append(key)
+        keys.append(plan.add(TOY.make(f"stage {i}", {"i": i}, {f"in{j}": keys[j] for j in deps}, "toy")).key)
     return plan
 
 
@@ -49,7 +70,7 @@ def descendants(plan: Plan, roots: set[str]) -> set[str]:
 
 
 class Recorder:
-    """Thread runners that commit nothing, fail where told, and record how many ran at once."""
+    """A toy kind's runner that commits nothing, fails where told, and records how many ran at once."""
 
     def __init__(self, failing: set[str]) -> None:
         self.failing = failing
@@ -68,23 +89,42 @@ class Recorder:
         return {"seconds": 0.01, "rows": 1}
 
 
-def run_toy(tmp_path: Path, plan: Plan, failing: set[str]) -> tuple[Scheduler, Recorder]:
+def run_toy(tmp_path: Path, plan: Plan, failing: set[str], describe=lambda s, m: "ran",
+            progress=lambda _: None) -> tuple[Scheduler, Recorder]:
     rec = Recorder(failing)
-    runners = {"probe": Runner(rec.run, "thread", lambda s, m: "ran")}
-    sched = Scheduler(plan, ArtifactStore(str(tmp_path / "store")), Resources(), str(tmp_path / "ray"),
-                      lambda _: None, runners)
+    KINDS["toy"] = replace(TOY, run=rec.run, describe=describe)
+    sched = Scheduler(plan, ArtifactStore(str(tmp_path / "store")), Resources(), str(tmp_path / "ray"), progress)
     sched.wait()
     return sched, rec
 
 
+def test_a_kind_defined_in_one_file_runs_through_the_engine(tmp_path):
+    """The toy kind above: registered, planned, scheduled, described; its typed parameters refuse a typo."""
+    plan = toy_plan([[], [0], [0, 1]])
+    lines: list[str] = []
+    sched, rec = run_toy(tmp_path, plan, set(), describe=lambda s, m: f"toy {s.typed.i} ran", progress=lines.append)
+    assert rec.order == list(plan.stages) and set(sched.report.ran) == set(plan.stages)
+    assert [ln.split("] ", 1)[1] for ln in lines] == [f"stage {i}: toy {i} ran (0.0s)" for i in range(3)]
+    with pytest.raises(ValueError, match="a toy stage has no parameter 'j'"):
+        TOY.make("typo", {"i": 1, "j": 2}, {}, "toy")
+    with pytest.raises(ValueError, match="already registered"):
+        register(replace(TOY, doc="another toy"))
+
+
+def test_a_builtin_builder_refuses_a_parameter_its_kind_does_not_have():
+    from w2s_ray.stages.training import TRAIN
+
+    with pytest.raises(ValueError, match="a train stage has no parameter 'epoch'"):
+        TRAIN.make("typo", {"model": {}, "train": {}, "loss": {}, "split": "A", "targets": "gt", "epoch": 2}, {}, "")
+    with pytest.raises(TypeError, match="targets"):
+        TRAIN.make("missing", {"model": {}, "train": {}, "loss": {}, "split": "A"}, {}, "")
+
+
 def test_a_progress_line_that_fails_to_format_never_stops_the_run(tmp_path):
-    """A runner's ``describe`` reading a key the meta lacks once stopped a whole sweep: now the line says so."""
+    """A kind's ``describe`` reading a key the meta lacks once stopped a whole sweep: now the line says so."""
     plan = toy_plan([[], [0]])
-    rec, lines = Recorder(set()), []
-    runners = {"probe": Runner(rec.run, "thread", lambda s, m: m["history"][-1])}  # no history in a thread's meta
-    sched = Scheduler(plan, ArtifactStore(str(tmp_path / "store")), Resources(), str(tmp_path / "ray"),
-                      lines.append, runners)
-    sched.wait()
+    lines: list[str] = []
+    sched, _ = run_toy(tmp_path, plan, set(), describe=lambda s, m: m["history"][-1], progress=lines.append)
     assert set(sched.report.ran) == set(plan.stages) and not sched.report.failed
     assert sum("its description failed: KeyError" in line for line in lines) == 2
 
@@ -122,6 +162,36 @@ def test_the_longest_remaining_path_starts_first():
     assert [s.key for s in flow.ready()] == [keys[1], keys[0]]
     flow = Dataflow(plan, committed={keys[0]}, cost={})  # a committed input counts as done
     assert {s.key for s in flow.ready()} == {keys[1], keys[2]} and flow.state[keys[0]] == State.CACHED
+
+
+REQUESTS = [{}, {"a": 1.0}, {"a": 2.0}, {"b": 1.0}, {"a": 1.0, "b": 1.0}]
+
+
+@settings(max_examples=60, deadline=None)
+@given(edges=dags, data=st.data())
+def test_picking_from_one_heap_per_request_starts_what_a_scan_in_priority_order_would(edges, data):
+    """The scheduler's pick looks at heap heads only; in every round it starts exactly the stages a scan of
+    all ready stages, longest path first, starting each that fits, would."""
+    plan = toy_plan([list(e) for e in edges])
+    requests = {k: data.draw(st.sampled_from(REQUESTS)) for k in plan.stages}
+    cost = {k: data.draw(st.sampled_from([0.0, 1.0, 2.5, 7.0])) for k in plan.stages}
+    flow, pools = Dataflow(plan, set(), cost, requests), Pools({"a": 2.0, "b": 1.0})
+    while not flow.finished:
+        scan, expected = Pools(dict(pools.capacity)), []
+        for s in flow.ready():
+            if scan.fits(requests[s.key]):
+                scan.take(requests[s.key])
+                expected.append(s.key)
+        started = []
+        while (key := flow.pick(pools.fits)) is not None:
+            pools.take(requests[key])
+            flow.start(key)
+            started.append(key)
+        assert started == expected and started
+        for key in started:
+            flow.done(key)
+            pools.give(requests[key])
+    assert flow.counts()[State.DONE] == len(plan.stages)
 
 
 def test_thread_counts_are_set_by_the_plan_and_profile_not_the_schedule():

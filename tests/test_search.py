@@ -13,9 +13,9 @@ from conftest import shuffled_gt_files
 
 from w2s_ray.artifacts import ArtifactStore
 from w2s_ray.config import ExperimentConfig, Resources, SearchConfig, SplitConfig, TrainOverrides
+from w2s_ray.engine.scheduler import execute
 from w2s_ray.plan import plan_experiments
 from w2s_ray.results import cell_row, trial_rows
-from w2s_ray.scheduler import execute
 from w2s_ray.search import read_trials
 
 pytestmark = pytest.mark.ray

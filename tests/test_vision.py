@@ -78,7 +78,7 @@ def test_images_plan_as_probes_or_fine_tuned_but_never_as_language_models():
 
 
 def test_the_hub_vision_spec_plans_features_jobs_on_gpus():
-    from w2s_ray.plan import describe_plan
+    from w2s_ray.overview import describe_plan
     from w2s_ray.spec import load_spec
 
     spec = load_spec("sweeps/vision-probe.yaml")
@@ -92,8 +92,8 @@ def test_digits_weak_to_strong_runs_end_to_end_as_probes_and_fine_tuned(ray_clus
     Train on pixels; its weak labels carry the images its student reads, never a GT column)."""
     from w2s_ray.artifacts import ArtifactStore
     from w2s_ray.config import Resources, TrainOverrides
+    from w2s_ray.engine.scheduler import execute
     from w2s_ray.results import cell_row
-    from w2s_ray.scheduler import execute
 
     full = _cell(finetune="full", train=TrainOverrides(epochs=1, batch_size=32, lr=1e-3))
     plan = plan_experiments([_cell(), _cell(loss=LossConfig("logconf", 0.5)), full])

@@ -202,8 +202,8 @@ def _describe_counts(plan: Plan) -> str:
 def _execute(command: str, plan: Plan, layout: Layout, resources: Resources, info: dict,
              tracker: Tracker | None = None) -> int:
     """Run a plan and print its table; exit 1 if a stage failed, 130 on Ctrl-C (committed stages are kept)."""
+    from w2s_ray.engine.scheduler import INTERRUPTED
     from w2s_ray.results import aggregate, format_grid, format_summary, format_table
-    from w2s_ray.scheduler import INTERRUPTED
     from w2s_ray.sweep import run_plan
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -272,7 +272,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     spec, plan = loaded
-    from w2s_ray.plan import describe_plan
+    from w2s_ray.overview import describe_plan
 
     _say(describe_plan(spec, plan))
     return 0

@@ -431,6 +431,11 @@ class Resources:
     driver_resource: Str | None = None  # a custom resource only non-spot nodes offer
     dashboard: Bool = False  # a local cluster's Ray dashboard (search stages start it: they need the State API)
 
+    @property
+    def local_cpu(self) -> bool:
+        """A run on this machine's CPUs: its cores are a pool the scheduler shares out (threads per stage)."""
+        return not self.address and not self.use_gpu
+
 
 @config
 class SearchSettings:

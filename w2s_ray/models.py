@@ -152,14 +152,14 @@ REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [
         ModelSpec("minilm-l6-1l", "offline:minilm-l6", num_layers=1, lr=1e-4, params_m=13.7,
-                  description="all-MiniLM-L6-v2 cut to its first layer (PyPI)"),
+                  n_layers=6, d_model=384, description="all-MiniLM-L6-v2 cut to its first layer (PyPI)"),
         ModelSpec("minilm-l6-2l", "offline:minilm-l6", num_layers=2, lr=1e-4, params_m=15.5,
-                  description="all-MiniLM-L6-v2 cut to 2 layers (PyPI)"),
-        ModelSpec("minilm-l3", "offline:minilm-l3", lr=1e-4, params_m=17.4,
+                  n_layers=6, d_model=384, description="all-MiniLM-L6-v2 cut to 2 layers (PyPI)"),
+        ModelSpec("minilm-l3", "offline:minilm-l3", lr=1e-4, params_m=17.4, n_layers=3, d_model=384,
                   description="paraphrase-MiniLM-L3-v2, converted from ONNX (PyPI)"),
-        ModelSpec("minilm-l6", "offline:minilm-l6", lr=1e-4, params_m=22.7,
+        ModelSpec("minilm-l6", "offline:minilm-l6", lr=1e-4, params_m=22.7, n_layers=6, d_model=384,
                   description="all-MiniLM-L6-v2 (PyPI)"),
-        ModelSpec("mpnet-base", "offline:mpnet-base", lr=3e-5, params_m=109.5,
+        ModelSpec("mpnet-base", "offline:mpnet-base", lr=3e-5, params_m=109.5, n_layers=12, d_model=768,
                   description="all-mpnet-base-v2 from five split PyPI packages; CPU-slow"),
         ModelSpec("tfidf", "classical:tfidf", params_m=0.0,
                   description="weak only: TF-IDF (word 1-2 grams) logistic regression on half A's GT "

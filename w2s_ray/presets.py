@@ -169,40 +169,22 @@ def _plan(strategy: str, workers: int, gb: float | None, checkpointing: bool) ->
 
 
 DEFAULT_PARAMS_M = 100.0  # a model of unknown size (a local directory) is costed as a base-size one
-SPLIT_ROWS = {"A": "n_weak", "B": "n_strong", "test": "n_test", "val": "n_val"}
 
 
-def model_params_m(model: dict[str, Any]) -> float:
-    """Millions of parameters of a stage's model (its ``effective()`` dict): the registry's, else the hub id's."""
+def compute_params_m(model: dict[str, Any]) -> float:
+    """Millions of the parameters a token's forward pass multiplies through: ``12·L·d²`` (no embeddings).
+
+    For a stage's model (its ``effective()`` dict). Embedding tables are
+    lookups, so the 1-layer cut of MiniLM-L6 costs a sixth of the whole
+    model per token, not the 0.6 its parameter counts (13.7M / 22.7M) say.
+    A model of unknown shape counts all its parameters.
+    """
     from w2s_ray.models import REGISTRY
 
-    spec = REGISTRY.get(model.get("name", ""))
-    if spec is not None and spec.params_m is not None:
-        return spec.params_m
-    return params_m(ModelSpec(model.get("name", ""), model.get("source", ""))) or DEFAULT_PARAMS_M
-
-
-def stage_cost(stage: Any, split_rows: dict[str, int], model: dict[str, Any] | None = None) -> float:
-    """Estimated compute of one stage in TFLOPs (``6·P·tokens`` to train, ``2·P·tokens`` to infer).
-
-    Only relative sizes matter: the scheduler starts the stages on the longest
-    remaining path first, and the simulated-cluster benchmark sleeps this long.
-    ``split_rows`` holds the rows of each split of the stage's data
-    (``A``, ``B``, ``test``, ``val``); ``model`` is the model an ``infer``
-    stage runs (its params name only the trained model's key). Data stages and
-    linear heads cost ~0.
-    """
-    p = stage.params
-    if stage.kind in ("train", "search") and "train" in p:  # a search: num_samples trainings on B
-        tokens = split_rows.get(p["split"], 0) * p["train"]["max_len"] * p["train"]["epochs"]
-        trainings = p["search"]["num_samples"] if stage.kind == "search" else 1
-        return 6 * model_params_m(p["model"]) * tokens / 1e6 * trainings
-    if stage.kind == "adapt":  # a language model over the texts of every split it reads
-        tokens = sum(split_rows.get(s, 0) for s in p["splits"]) * p["adapt"]["max_len"] * p["adapt"]["epochs"]
-        return 6 * model_params_m(p["model"]) * tokens / 1e6
-    if stage.kind == "infer":
-        return 2 * model_params_m(model or {}) * split_rows.get(p["split"], 0) \
-            * p["max_len"] / 1e6
-    if stage.kind == "features":
-        return 2 * model_params_m(p["model"]) * sum(split_rows.values()) * p["max_len"] / 1e6
-    return sum(split_rows.values()) * 1e-6
+    spec = REGISTRY.get(model.get("name", "")) or ModelSpec(model.get("name", ""), model.get("source", ""))
+    p = params_m(spec)
+    if p is None:
+        return DEFAULT_PARAMS_M
+    if spec.d_model is None or spec.n_layers is None:
+        return p
+    return 12 * (spec.num_layers or spec.n_layers) * spec.d_model ** 2 / 1e6

@@ -308,18 +308,3 @@ def commit_predictions(store: Any, stage: Any, data_key: str, ids: np.ndarray, p
         build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, "rows": len(ids),
                              "seconds": time.perf_counter() - t0}
     return meta
-
-
-PROBE_RUNNERS = {"probe": run_probe_stage, "probeinfer": run_probe_infer_stage}
-
-
-def run_probe_layer(stages: list[Any], store_uri: str, torch_threads: int = 1) -> list[dict[str, Any]]:
-    """A layer's heads (or their predictions) as concurrent Ray tasks, one CPU each."""
-    import ray
-
-    @ray.remote(num_cpus=1)
-    def run(stage: Any) -> dict[str, Any]:
-        torch.set_num_threads(torch_threads)
-        return PROBE_RUNNERS[stage.kind](stage, store_uri)
-
-    return ray.get([run.remote(s) for s in stages])

@@ -25,11 +25,45 @@ from typing import Any
 import pandas as pd
 
 from w2s_ray.artifacts import ArtifactStore
-from w2s_ray.config import Resources
-from w2s_ray.plan import Stage, infer_stage, probe_infer_stage, search_epochs, search_trial_stage
+from w2s_ray.config import LossConfig, Resources
+from w2s_ray.stages.base import Stage
+from w2s_ray.stages.heads import PROBE, probe_infer_stage
+from w2s_ray.stages.inference import infer_stage
+from w2s_ray.stages.training import SELECT_COLUMN, TRAIN
 
 Progress = Callable[[str], None]
 TRIALS_FILE = "trials.parquet"
+
+
+def probe_mode(search: Stage) -> bool:
+    """Whether the search's trials are heads on cached features (else fine-tunings)."""
+    return search.params.get("finetune") == "probe"
+
+
+def search_epochs(stage: Stage) -> int:
+    """Epochs of one trial of a search (or of a trial stage): the head's in probe mode."""
+    return stage.params["probe"]["epochs"] if "probe" in stage.params else stage.params["train"]["epochs"]
+
+
+def search_trial_stage(search: Stage, alpha_max: float, warmup_frac: float, lr: float | None) -> Stage:
+    """One trial of a search as an ordinary train (or probe) stage: its own key, never retrained once committed."""
+    p = search.params
+    loss = LossConfig("logconf", round(alpha_max, 4), round(warmup_frac, 4))
+    objective = p["search"]["objective"]
+    select = {"objective": objective, "column": SELECT_COLUMN[objective]}
+    if probe_mode(search):
+        probe = dict(p["probe"], **({"lr": round(lr, 8)} if lr is not None else {}))
+        params = {"model": p["model"], "probe": probe, "seed": p["seed"], "loss": loss.effective(), "split": "B",
+                  "targets": "weak", "select": select}
+        name = (f"trial (probe) {p['model']['name']} a={loss.alpha_max:g} w={loss.warmup_frac:g}"
+                + (f" lr={probe['lr']:.2g}" if lr is not None else "") + f" ({objective})")
+        return PROBE.make(name, params, dict(search.inputs), "search trial")
+    train = dict(p["train"], **({"lr": round(lr, 8)} if lr is not None else {}))
+    params = {"model": p["model"], "train": train, "loss": loss.effective(), "split": "B", "targets": "weak",
+              "select": select} | ({"lora": p["lora"]} if "lora" in p else {})
+    name = (f"trial {p['model']['name']} a={loss.alpha_max:g} w={loss.warmup_frac:g}"
+            + (f" lr={train['lr']:.2g}" if lr is not None else "") + f" ({objective})")
+    return TRAIN.make(name, params, dict(search.inputs), "search trial")
 
 
 def search_space(search: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +99,7 @@ def search_trial(config: dict[str, Any], stage: Stage, store_uri: str, resources
             tune.report({"epoch": epochs, "objective": best["objective"],
                          "train_loss": best["train_loss"], "selected_epoch": best["epoch"]})
         return
-    if trial.kind == "probe":  # a head on cached features, trained in this trial's process
+    if probe_mode(stage):  # a head on cached features, trained in this trial's process
         import torch
 
         from w2s_ray.probe import run_probe_stage
@@ -158,16 +192,16 @@ def _predict_test(stage: Stage, row: Any, store: ArtifactStore, resources: Resou
     from w2s_ray.label import run_infer_stage
     from w2s_ray.probe import run_probe_infer_stage
 
-    if stage.params.get("finetune") == "probe":
-        head = Stage(row.trial_key, "probe", row.trial_name, {"model": stage.params["model"]}, {}, "search trial")
-        features = Stage(stage.inputs["features"], "features", "features", {}, {}, "features")
-        infer = probe_infer_stage("search trial", head, features, "test")
+    trial = trial_stage_of(stage, {"alpha_max": row.alpha_max, "warmup_frac": row.warmup_frac,
+                                   "lr": None if pd.isna(row.lr) or stage.params["search"]["lr"] is None else row.lr})
+    if trial.key != row.trial_key:  # the table's knobs are the trial's own, so this is a bug, not bad input
+        raise RuntimeError(f"{stage.name}: trial {row.trial_name} rebuilt as {trial.key}, not {row.trial_key}")
+    if probe_mode(stage):
+        infer = probe_infer_stage("search trial", trial, stage.inputs["features"], "test")
         if not store.exists(infer.key):
             run_probe_infer_stage(infer, store.uri)
         return infer.key
-    trained = Stage(row.trial_key, "train", row.trial_name,
-                    {"train": stage.params["train"], "model": stage.params["model"]}, {}, "search trial")
-    infer = infer_stage("search trial", trained, stage.inputs["data"], "test")
+    infer = infer_stage("search trial", trial, stage.inputs["data"], "test")
     if not store.exists(infer.key):
         run_infer_stage(infer, store, threads=resources.torch_threads or (os.cpu_count() or 1),
                         use_gpu=resources.use_gpu)

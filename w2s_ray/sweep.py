@@ -71,9 +71,9 @@ def run_plan(plan: Plan, layout: Layout, resources: Resources, run_info: dict[st
     ``tracker`` (:class:`~w2s_ray.tracking.Tracker`) logs each training this
     run commits and each cell it completes.
     """
+    from w2s_ray.engine.scheduler import execute
     from w2s_ray.plan import cell_stage_keys
     from w2s_ray.results import aggregate, cell_row, incomplete_row, trial_rows, write_results
-    from w2s_ray.scheduler import execute
 
     store = ArtifactStore(layout.store_uri)
     t0 = time.perf_counter()

@@ -24,7 +24,6 @@ from typing import Any
 
 from w2s_ray.config import TRACKERS, ConfigError
 
-TRACKED_KINDS = ("train", "adapt", "probe")  # stages that learn: one run each
 CELL_METRICS = ("weak_acc", "student_acc", "ceiling_acc", "pgr", "pgr_ci_low", "pgr_ci_high", "pgr_best",
                 "agreement", "weak_auroc", "student_auroc", "ceiling_auroc")
 
@@ -137,7 +136,7 @@ class Tracker:
 
     def stage(self, stage: Any, meta: dict[str, Any]) -> None:
         """A committed training (or probe head): its params and per-epoch history."""
-        if stage.kind not in TRACKED_KINDS:
+        if not stage.type.learns:  # one run per stage that fits a model
             return
         self._log(stage.name, flatten(stage.params), {"stage_key": stage.key, "role": stage.role,
                                                        "kind": stage.kind}, epoch_metrics(meta.get("history") or []))

@@ -1,0 +1,88 @@
+"""``search``: an alpha search for one cell, Optuna + ASHA in a Tune experiment of its own (a Ray task).
+
+Its trials are ordinary ``train`` stages (``probe`` stages in probe mode)
+with their own keys: a committed trial is never trained again. The search
+stays one stage with a nested experiment because TPE must see each trial's
+per-epoch objective to propose the next and ASHA must stop trials
+mid-training; the plan cannot know the trials before the search runs. See
+:mod:`w2s_ray.search` for how it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from w2s_ray.config import LoraConfig, ProbeConfig, Resources, SearchConfig, TrainConfig
+from w2s_ray.models import ModelSpec
+from w2s_ray.search import probe_mode, run_search_stage
+from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, register, rows_cost
+from w2s_ray.stages.training import training_cost, training_gpus
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    model: dict[str, Any]
+    loss: dict[str, Any]
+    split: str
+    targets: str
+    search: dict[str, Any]
+    train: dict[str, Any] | None = None  # full fine-tuning's trials
+    lora: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None  # probe mode's trials
+    seed: int | None = None
+    finetune: str | None = None  # "probe" in probe mode
+    cell: int | None = None
+
+
+def search_stage(model: ModelSpec, train: TrainConfig, search: SearchConfig, data: Stage, labels: Stage,
+                 val_labels: Stage, teacher: str, lora: LoraConfig | None = None, init: Stage | None = None) -> Stage:
+    """An alpha search for one (weak, strong) cell: many logconf students, one selected on validation.
+
+    Its trials inherit its inputs, so with ``init`` every trial starts from the adapted backbone.
+    """
+    params = {"model": model.effective(), "train": asdict(train), "loss": {"name": "logconf"}, "split": "B",
+              "targets": "weak", "search": asdict(search)}
+    if lora is not None:
+        params["lora"] = lora.effective()
+    inputs = {"data": data.key, "labels": labels.key, "val_labels": val_labels.key} \
+        | ({"init": init.key} if init is not None else {})
+    return SEARCH.make(f"alpha search {model.name} on labels of {teacher} (objective {search.objective})",
+                       params, inputs, "search")
+
+
+def probe_search_stage(model: ModelSpec, probe: ProbeConfig, seed: int, search: SearchConfig, features: Stage,
+                       data: Stage, labels: Stage, val_labels: Stage, teacher: str) -> Stage:
+    """Probe mode's alpha search: every trial is a head on the strong model's cached features."""
+    params = {"model": model.effective(), "probe": asdict(probe), "seed": seed, "loss": {"name": "logconf"},
+              "split": "B", "targets": "weak", "search": asdict(search), "finetune": "probe"}
+    inputs = {"features": features.key, "data": data.key, "labels": labels.key, "val_labels": val_labels.key}
+    return SEARCH.make(f"alpha search (probe) {model.name} on labels of {teacher} (objective "
+                       f"{search.objective})", params, inputs, "search")
+
+
+def run_search(stage: Stage, ctx: StageContext) -> Meta:
+    return run_search_stage(stage, ctx.store, ctx.resources, ctx.storage_path, progress=lambda _: None)
+
+
+def concurrent_trials(stage: Stage, threads: int, resources: Resources) -> dict[str, float]:
+    """Its concurrent trials: that many training slots and their cores."""
+    k = min(stage.params["search"]["max_concurrent"], resources.max_concurrent_trials)
+    return {"trainings": k, "cores": k * threads}
+
+
+def search_cost(stage: Stage, rows: dict[str, int], model: dict[str, Any] | None) -> float:
+    """``num_samples`` trainings on B; heads on cached features cost ~0 in probe mode."""
+    return rows_cost(stage, rows, model) if probe_mode(stage) else training_cost(stage, rows, model)
+
+
+def selected(stage: Stage, meta: Meta) -> str:
+    b = meta["best"]
+    return (f"selected a={b['alpha_max']:g} w={b['warmup_frac']:g} (validation objective {meta['objective']}: "
+            f"{b['objective']:.4f}); {meta['finished']}/{meta['trials']} trials finished")
+
+
+SEARCH = register(StageKind(
+    "search", "an alpha search: Optuna + ASHA over logconf students in a Tune experiment (a Ray task)",
+    SearchParams, run_search, selected, where="task", request=concurrent_trials, cost=search_cost, late=True,
+    dashboard=True, gpu=lambda s: None if probe_mode(s) else training_gpus(s)))
