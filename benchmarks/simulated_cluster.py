@@ -5,7 +5,7 @@ tasks x xent/logconf) with 5 seeds: 600 trainings, 1,395 stages. The
 scheduler, Tune and Ray run for real on a local cluster whose logical GPUs
 stand for the cluster's; only each stage's work is replaced (runners
 injected here, no production flag): it sleeps for its cost estimate
-(``presets.stage_cost``) times one scale, chosen so that total work / GPUs
+(``StageKind.cost``) times one scale, chosen so that total work / GPUs
 is ``--target`` seconds. Each training is a Tune trial (one GPU-slot);
 inference and data stages sleep in driver threads.
 
@@ -23,6 +23,7 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -31,10 +32,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from w2s_ray.artifacts import ArtifactStore, stage_key
 from w2s_ray.config import Resources
-from w2s_ray.engine.scheduler import execute, stage_costs
-from w2s_ray.plan import Plan, Stage, plan_experiments
-from w2s_ray.runners import RUNNERS, Runner, StageContext
+from w2s_ray.engine.dataflow import stage_costs
+from w2s_ray.engine.scheduler import execute
+from w2s_ray.plan import Plan, plan_experiments
 from w2s_ray.spec import load_spec
+from w2s_ray.stages import KINDS, Stage, StageContext, StageKind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,16 +67,24 @@ def with_layer_barriers(plan: Plan) -> tuple[Plan, dict[str, str]]:
     return out, renamed
 
 
-def sleeping_runners(seconds: dict[str, float]) -> dict[str, Runner]:
-    """Every kind sleeps its stage's simulated seconds; where it runs (trial, thread) stays the real one."""
+@dataclass(frozen=True)
+class BarrierParams:
+    layer: int
+
+
+def sleep_instead(seconds: dict[str, float]) -> None:
+    """Every kind sleeps its stage's simulated seconds; where it runs (trial, thread) stays the real one.
+
+    This benchmark's process only: it replaces the registry's runners (and adds the barrier kind) in place.
+    """
     def sleep(stage: Stage, ctx: StageContext) -> dict:
         time.sleep(seconds.get(stage.key, 0.0))
         return {"seconds": seconds.get(stage.key, 0.0), "rows": 0}
 
-    table = {kind: Runner(sleep, "trial" if r.where == "trial" else "thread", r.describe)
-             for kind, r in RUNNERS.items()}
-    table["barrier"] = Runner(sleep, "thread", lambda s, m: "passed")
-    return table
+    for name, kind in list(KINDS.items()):
+        KINDS[name] = replace(kind, run=sleep, where="trial" if kind.where == "trial" else "thread")
+    KINDS["barrier"] = StageKind("barrier", "waits for a whole layer (the old order)", BarrierParams, sleep,
+                                 lambda s, m: "passed")
 
 
 def critical_path(plan: Plan, seconds: dict[str, float]) -> float:
@@ -90,8 +100,8 @@ def simulate(plan: Plan, seconds: dict[str, float], gpus: int, address: str, lab
     out = Path(tempfile.mkdtemp(prefix="w2s-sim-"))
     resources = Resources(address=address, max_concurrent_trials=gpus, trial_cpus=0.1, max_failures=0)
     t0 = time.perf_counter()
-    report = execute(plan, ArtifactStore(str(out / "store")), resources, str(out / "ray"), progress=lambda _: None,
-                     runners=sleeping_runners(seconds))
+    sleep_instead(seconds)
+    report = execute(plan, ArtifactStore(str(out / "store")), resources, str(out / "ray"), progress=lambda _: None)
     makespan = time.perf_counter() - t0
     stages = len(report.ran)
     assert not report.failed, report.failed

@@ -44,7 +44,7 @@ def test_logconf_and_search_cell_keys():
         "train": {"epochs": 2}, "search": {"objectives": ["oracle"], "num_samples": 6, "lr": [1e-5, 1e-3]}})
     plan = plan_experiments(spec.experiments())
     assert [(c.config.method, c.student) for c in plan.cells] == [
-        ("fixed", "train-96e865aa0340d3fcd9d34826"), ("search:oracle", "search-16021bb94343f97159abca94")]
+        ("fixed", "train-96e865aa0340d3fcd9d34826"), ("search:oracle", "select-270338ccfe0a895a2ead92ca")]
     assert roles(plan) == {
         "rows:rows": "rows-8ae5c749393391f62afc80af",
         "data:data": "data-9d767352a9c668c9e14fa85d",
@@ -57,6 +57,8 @@ def test_logconf_and_search_cell_keys():
         "student predictions:infer": "infer-400bd99784784d27bcde32b6",
         "val labels:infer": "infer-65018589a6e7b4d909ca664d",
         "search:search": "search-16021bb94343f97159abca94",
+        "search predictions:trialtests": "trialtests-50d249af3ab18a7c9ec5bfe0",
+        "selection:select": "select-270338ccfe0a895a2ead92ca",
     }
 
 

@@ -32,7 +32,7 @@ from w2s_ray import data as data_mod
 from w2s_ray import models as models_mod
 from w2s_ray.cli import main
 from w2s_ray.config import LOSS_NAMES, ConfigError, SplitSizes, TrainOverrides
-from w2s_ray.spec import PAIR_RULES, ResourcesSpec, SearchSpec, SweepSpec, load_spec, spec_from_dict, spec_to_dict
+from w2s_ray.spec import PairRule, ResourcesSpec, SearchSpec, SweepSpec, load_spec, spec_from_dict, spec_to_dict
 
 # per mutation kind (16 kinds): 800 loader and 128 CLI examples; with 125 valid ones, 1,053 specs
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -342,7 +342,7 @@ OUT_OF_RANGE = {  # field (TRAIN: train or model_train.<model>) -> values outsid
        for f in ("trial_cpus", "worker_cpus")},
     "resources.max_failures": st.integers(-10**6, -2),
     "resources.profile": names.filter(lambda s: s not in ("local", "cluster")),
-    "pairs": st.text(max_size=12).filter(lambda s: s not in PAIR_RULES),
+    "pairs": st.text(max_size=12).filter(lambda s: s not in typing.get_args(PairRule)),
     **{f"search.{f}": NON_POSITIVE for f in ("num_samples", "max_concurrent", "grace_period")},
     "search.reduction_factor": st.integers(-5, 1), "search.seed": NEGATIVE,
 }

@@ -177,23 +177,15 @@ def adapt_loop_per_worker(config: dict[str, Any]) -> None:
 def fit_adapt_stage(stage: Any, store: Any, resources: Any, storage_path: str,
                     torch_threads: int | None = None) -> dict[str, Any]:
     """Run an ``adapt`` stage as a TorchTrainer and commit the adapted backbone."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    from w2s_ray.train import run_train
 
     params, data_key = stage.params, stage.inputs["data"]
     loop = AdaptLoopConfig(model=params["model"], adapt=params["adapt"], seed=params["seed"],
                            texts=[store.data_uri(data_key, f"{s}.parquet") for s in params["splits"]],
                            torch_threads=torch_threads)
-    trainer = TorchTrainer(
-        adapt_loop_per_worker,
-        train_loop_config=loop.__dict__,
-        scaling_config=ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-                                               resources_per_worker={"CPU": resources.worker_cpus}),
-        run_config=ray.train.RunConfig(name=stage.key, storage_path=storage_path,
-                                       failure_config=ray.train.FailureConfig(max_failures=resources.max_failures)),
-    )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    result = run_train(adapt_loop_per_worker, loop.__dict__, stage.key, resources, storage_path,
+                       resources.num_workers)
     seconds = time.perf_counter() - t0
     with result.checkpoint.as_directory() as d:
         history = json.loads((Path(d) / "history.json").read_text())

@@ -308,10 +308,6 @@ class ArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
         return cache
 
-    def read_json(self, key: str, name: str) -> Any:
-        with self.fs.open_input_stream(self.path(key, name)) as f:
-            return json.loads(f.read().decode())
-
     # -- writing ----------------------------------------------------------
     def commit(self, key: str, src: Path, meta: dict[str, Any], exclude: tuple[str, ...] = ()) -> Manifest:
         """Checksum ``src``'s files and publish them under ``key`` atomically."""

@@ -45,8 +45,6 @@ class ConfigError(ValueError):
 
 # -- value types: each constraint written once ------------------------------------------------
 
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]  # strict still takes an int (as a float), never a bool or a string
 Str = Annotated[str, Strict()]
 Bool = Annotated[bool, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]

@@ -34,7 +34,7 @@ from w2s_ray.stages import Stage
 from w2s_ray.stages.data import data_stage, rows_stage
 from w2s_ray.stages.heads import probe_infer_stage, probe_stage
 from w2s_ray.stages.inference import features_stage, infer_stage
-from w2s_ray.stages.search import probe_search_stage, search_stage
+from w2s_ray.stages.search import probe_search_stage, search_stage, select_stage, trial_tests_stage
 from w2s_ray.stages.supervisors import classical_infer_stage, classical_stage
 from w2s_ray.stages.training import SELECT_COLUMN, adapt_stage, train_stage
 
@@ -244,16 +244,15 @@ def plan_experiment(cfg: ExperimentConfig, plan: Plan | None = None) -> Plan:
         strong_side.val_labels = weak_side.predict("weak", weak, "val")
     ceiling = strong_side.fit("ceiling", GT_LOSS, "B")
     if cfg.search is not None:
-        if not cfg.split.n_val:
-            raise ConfigError("split.n_val", "an alpha search needs a validation split (n_val > 0)")
         val_labels = weak_side.predict("weak", weak, "val")
-        student = strong_side.search(cfg.search, labels, val_labels, weak_model.name)
+        search = strong_side.search(cfg.search, labels, val_labels, weak_model.name)
+        student = plan.add(select_stage(search, plan.add(trial_tests_stage(search))))
     elif cfg.chain:
         labels, student = _plan_chain(plan, cfg, ds, weak_side, weak, strong_model, strong_side, data)
     else:
         student = strong_side.fit("student", cfg.loss, "B", labels, weak_model.name, cfg.test_curves)
     tests = [weak_side.predict("weak", weak, "test"), strong_side.predict("ceiling", ceiling, "test")]
-    # a search's selected student is only known once it ran: its test predictions are part of its artifact
+    # a search's student is its select stage, whose artifact names the selected trial and its test predictions
     student_test = student.key if cfg.search is not None else strong_side.predict("student", student, "test").key
     plan.cells.append(Cell(cfg, data.key, weak.key, labels.key, tests[0].key, ceiling.key, tests[1].key,
                            student.key, student_test))

@@ -10,9 +10,15 @@ committed reports its recorded history instead of training again, and the
 Tune experiment is named by the search's key and restored when it exists, so
 an interrupted search resumes.
 
-Selection never sees the GT test set: test predictions of every finished
-trial are computed *after* the search, for the report (PGR against alpha)
-only, and the best trial is chosen from validation objectives alone.
+Three stages the one scheduler runs: ``search`` (this Tune experiment;
+it commits the trial table), ``trialtests`` (the test predictions of
+every finished trial, for the report's PGR against alpha only: ordinary
+``infer`` / ``probeinfer`` stages run with the scheduler's threads and
+pools) and ``select`` (the finished trial with the best validation
+objective: the student the plan names). Selection never sees a GT test
+label. The experiment stays nested in one stage because TPE proposes each
+trial from the per-epoch objectives of the earlier ones and ASHA stops
+trials mid-training: the plan cannot know the trials before they run.
 """
 
 from __future__ import annotations
@@ -164,48 +170,75 @@ class _SearchProgress:
 
 def run_search_stage(stage: Stage, store: ArtifactStore, resources: Resources, storage_path: str,
                      progress: Progress = print) -> dict[str, Any]:
-    """Run (or resume) the search, predict the test set with every finished trial, commit the trial table."""
+    """Run (or resume) the search's Tune experiment; commit the trial table (no test set is read here)."""
     t0 = time.perf_counter()
     grid = _tune(stage, store, resources, storage_path, progress)
     trials = _trial_table(stage, store, grid)
     if not trials["committed"].any():
         raise RuntimeError(f"{stage.name}: no trial finished")
-    progress(f"    predicting the test set with {int(trials['committed'].sum())} finished trial(s) (report only)")
-    test_keys = []
-    for row in trials.itertuples():
-        test_keys.append(_predict_test(stage, row, store, resources) if row.committed else None)
-    trials["test_key"] = test_keys
+    with store.building(stage.key) as build:
+        trials.to_parquet(build.dir / TRIALS_FILE, index=False)
+        build.meta = meta = {
+            "stage": stage.name, "params": stage.params, "inputs": stage.inputs, "seconds": time.perf_counter() - t0,
+            "objective": stage.params["search"]["objective"], "trials": len(trials),
+            "finished": int(trials["committed"].sum())}
+    return meta
+
+
+def search_of(store: ArtifactStore, key: str) -> Stage:
+    """A committed search stage, rebuilt from its manifest (its params and inputs are recorded there)."""
+    meta = store.manifest(key, verify=False).meta
+    return Stage(key, "search", meta["stage"], meta["params"], meta["inputs"], "search")
+
+
+def run_trial_tests_stage(stage: Stage, ctx: Any) -> dict[str, Any]:
+    """Test predictions of every finished trial (for the report's PGR against alpha only), each an ordinary
+    ``infer`` (``probeinfer``) stage run by its kind's runner with this stage's threads."""
+    t0 = time.perf_counter()
+    store, search = ctx.store, search_of(ctx.store, stage.inputs["model"])
+    trials = read_trials(store, search.key).drop(columns=["test_key"], errors="ignore")
+    trials["test_key"] = [_predict_test(search, row, ctx) if row.committed else None for row in trials.itertuples()]
+    with store.building(stage.key) as build:
+        trials.to_parquet(build.dir / TRIALS_FILE, index=False)
+        build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs,
+                             "rows": int(trials["test_key"].notna().sum()), "seconds": time.perf_counter() - t0}
+    return meta
+
+
+def _predict_test(search: Stage, row: Any, ctx: Any) -> str:
+    """One finished trial's test predictions; → their artifact key."""
+    trial = trial_stage_of(search, {"alpha_max": row.alpha_max, "warmup_frac": row.warmup_frac,
+                                    "lr": None if search.params["search"]["lr"] is None else row.lr})
+    if trial.key != row.trial_key:  # the table's knobs are the trial's own, so this is a bug, not bad input
+        raise RuntimeError(f"{search.name}: trial {row.trial_name} rebuilt as {trial.key}, not {row.trial_key}")
+    if probe_mode(search):
+        infer = probe_infer_stage("search trial", trial, search.inputs["features"], "test")
+    else:
+        infer = infer_stage("search trial", trial, search.inputs["data"], "test")
+    if not ctx.store.exists(infer.key):
+        infer.type.run(infer, ctx)
+    return infer.key
+
+
+def run_select_stage(stage: Stage, ctx: Any) -> dict[str, Any]:
+    """The student the search selected: the finished trial with the best validation objective (ties: the first).
+
+    It reads the trial table that carries the test predictions' keys only to
+    hand them on; the choice looks at the ``objective`` column alone.
+    """
+    t0 = time.perf_counter()
+    store = ctx.store
+    trials = read_trials(store, stage.inputs["tests"])
     best = trials[trials["committed"]].sort_values(["objective", "trial_index"], ascending=[False, True]).iloc[0]
     with store.building(stage.key) as build:
         trials.to_parquet(build.dir / TRIALS_FILE, index=False)
         build.meta = meta = {
             "stage": stage.name, "params": stage.params, "inputs": stage.inputs, "seconds": time.perf_counter() - t0,
-            "objective": stage.params["search"]["objective"],
+            "objective": stage.params["objective"],
             "best": {k: _plain(best[k]) for k in ("trial_key", "test_key", "alpha_max", "warmup_frac", "lr",
                                                   "objective")},
             "trials": len(trials), "finished": int(trials["committed"].sum())}
     return meta
-
-
-def _predict_test(stage: Stage, row: Any, store: ArtifactStore, resources: Resources) -> str:
-    """Test predictions of one finished trial (for the report only); → their artifact key."""
-    from w2s_ray.label import run_infer_stage
-    from w2s_ray.probe import run_probe_infer_stage
-
-    trial = trial_stage_of(stage, {"alpha_max": row.alpha_max, "warmup_frac": row.warmup_frac,
-                                   "lr": None if pd.isna(row.lr) or stage.params["search"]["lr"] is None else row.lr})
-    if trial.key != row.trial_key:  # the table's knobs are the trial's own, so this is a bug, not bad input
-        raise RuntimeError(f"{stage.name}: trial {row.trial_name} rebuilt as {trial.key}, not {row.trial_key}")
-    if probe_mode(stage):
-        infer = probe_infer_stage("search trial", trial, stage.inputs["features"], "test")
-        if not store.exists(infer.key):
-            run_probe_infer_stage(infer, store.uri)
-        return infer.key
-    infer = infer_stage("search trial", trial, stage.inputs["data"], "test")
-    if not store.exists(infer.key):
-        run_infer_stage(infer, store, threads=resources.torch_threads or (os.cpu_count() or 1),
-                        use_gpu=resources.use_gpu)
-    return infer.key
 
 
 def _plain(v: Any) -> Any:

@@ -50,7 +50,6 @@ from w2s_ray.config import (
     config_error,
 )
 
-PAIR_RULES = ("weak<strong", "weak<=strong")
 PairRule = Literal["weak<strong", "weak<=strong"]
 Pair = Annotated[list[Str], Field(min_length=2, max_length=2)]  # [weak, strong]
 # a rule or an explicit list (tags, which start with "~", are left out of error paths)

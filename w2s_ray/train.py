@@ -226,7 +226,7 @@ def curve_batches(steps_per_epoch: int, points: int) -> set[int]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker loop (also runs in process with num_workers=0)."""
+    """The Ray Train worker loop: set-up (resume or load), then one report and checkpoint per epoch."""
     import ray.train
     import ray.train.torch
 
@@ -328,6 +328,36 @@ def _adapted_backbone(init: dict[str, str] | None) -> Path | None:
     return ArtifactStore(init["store"]).local_dir(init["key"]) / BACKBONE_DIR
 
 
+def run_train(loop: Any, config: dict[str, Any], name: str, resources: Any, storage_path: str, num_workers: int,
+              datasets: dict[str, Any] | None = None, callbacks: Sequence[Any] = (),
+              checkpoint_config: Any = None) -> Any:
+    """One Ray Train run of ``loop``, named ``name`` (a re-run resumes it), with the run's one retry budget.
+
+    Always real worker processes: Train's local mode (``num_workers=0``) runs
+    the loop in the calling process, and inside a Tune function trial (where
+    every training runs) its ``ray.train.get_context`` raises Tune's
+    deprecation error (ray-project/ray#49454).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=resources.use_gpu,
+                                               resources_per_worker={"CPU": resources.worker_cpus}),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=checkpoint_config,
+        ),
+        datasets=datasets,
+    )
+    return trainer.fit()
+
+
 def fit_train_stage(
     stage: Any, store: Any, resources: Any, storage_path: str, torch_threads: int | None = None,
     callbacks: Sequence[Any] = (),
@@ -337,8 +367,6 @@ def fit_train_stage(
     The Train run is named by the stage key, so a re-run after a crash resumes
     from the run's last epoch checkpoint instead of starting over.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     params = stage.params
     sources = _sources(stage, store)
@@ -354,25 +382,9 @@ def fit_train_stage(
                       sources=memory,
                       init={"store": store.uri, "key": stage.inputs["init"]} if "init" in stage.inputs else None,
                       input_column=sources["train"].columns[0])
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop.__dict__,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=gpu["num_workers"],
-            use_gpu=resources.use_gpu,
-            resources_per_worker={"CPU": resources.worker_cpus},
-        ),
-        run_config=ray.train.RunConfig(
-            name=stage.key,
-            storage_path=storage_path,
-            callbacks=list(callbacks),
-            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
-            checkpoint_config=_checkpoint_config(select),
-        ),
-        datasets=datasets,
-    )
     t0, fit_at = time.perf_counter(), time.time()
-    result = trainer.fit()
+    result = run_train(train_loop_per_worker, loop.__dict__, stage.key, resources, storage_path, gpu["num_workers"],
+                       datasets=datasets, callbacks=callbacks, checkpoint_config=_checkpoint_config(select))
     seconds = time.perf_counter() - t0
     chosen = result.get_best_checkpoint("objective", "max") if select else result.checkpoint
     with chosen.as_directory() as d:

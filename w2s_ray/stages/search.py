@@ -15,8 +15,10 @@ from typing import Any
 
 from w2s_ray.config import LoraConfig, ProbeConfig, Resources, SearchConfig, TrainConfig
 from w2s_ray.models import ModelSpec
-from w2s_ray.search import probe_mode, run_search_stage
+from w2s_ray.search import probe_mode, run_search_stage, run_select_stage, run_trial_tests_stage
 from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, register, rows_cost
+from w2s_ray.stages.data import counted
+from w2s_ray.stages.inference import inference_cost, job_slot
 from w2s_ray.stages.training import training_cost, training_gpus
 
 
@@ -76,6 +78,45 @@ def search_cost(stage: Stage, rows: dict[str, int], model: dict[str, Any] | None
     return rows_cost(stage, rows, model) if probe_mode(stage) else training_cost(stage, rows, model)
 
 
+@dataclass(frozen=True)
+class TrialTestsParams:
+    split: str  # "test"
+    trials: int  # the search's budget (for the cost estimate)
+    max_len: int | None  # full fine-tuning's (None in probe mode: heads cost ~0)
+    cell: int | None = None
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    objective: str  # the validation objective the search ran on
+    cell: int | None = None
+
+
+def trial_tests_stage(search: Stage) -> Stage:
+    """Test predictions of every finished trial of ``search`` (the report's PGR against alpha; never selects)."""
+    p = search.params
+    params = {"split": "test", "trials": p["search"]["num_samples"],
+              "max_len": None if probe_mode(search) else p["train"]["max_len"]}
+    return TRIALTESTS.make(f"predict test of every trial of {search.name}", params,
+                           {"model": search.key, "data": search.inputs["data"]}, "search predictions")
+
+
+def select_stage(search: Stage, tests: Stage) -> Stage:
+    """The student ``search`` selected on its validation objective, with its test predictions' key."""
+    return SELECT.make(f"student selected by {search.name}", {"objective": search.params["search"]["objective"]},
+                       {"search": search.key, "tests": tests.key}, "selection")
+
+
+def trial_tests_cost(stage: Stage, rows: dict[str, int], model: dict[str, Any] | None) -> float:
+    if stage.params["max_len"] is None:
+        return rows_cost(stage, rows, model)
+    return inference_cost(stage, rows, model) * stage.params["trials"]
+
+
+def searched(stage: Stage, meta: Meta) -> str:
+    return f"{meta['finished']}/{meta['trials']} trials finished"
+
+
 def selected(stage: Stage, meta: Meta) -> str:
     b = meta["best"]
     return (f"selected a={b['alpha_max']:g} w={b['warmup_frac']:g} (validation objective {meta['objective']}: "
@@ -84,5 +125,11 @@ def selected(stage: Stage, meta: Meta) -> str:
 
 SEARCH = register(StageKind(
     "search", "an alpha search: Optuna + ASHA over logconf students in a Tune experiment (a Ray task)",
-    SearchParams, run_search, selected, where="task", request=concurrent_trials, cost=search_cost, late=True,
+    SearchParams, run_search, searched, where="task", request=concurrent_trials, cost=search_cost, late=True,
     dashboard=True, gpu=lambda s: None if probe_mode(s) else training_gpus(s)))
+TRIALTESTS = register(StageKind(
+    "trialtests", "every finished trial's test predictions, for the report (Ray Data batch inference)",
+    TrialTestsParams, run_trial_tests_stage, counted, request=job_slot, cost=trial_tests_cost))
+SELECT = register(StageKind(
+    "select", "the trial with the best validation objective: the search's student (driver thread)", SelectParams,
+    run_select_stage, selected, uses_ray=False))
