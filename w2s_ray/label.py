@@ -5,8 +5,7 @@ pass through the driver. On GPUs the map runs in an actor pool (each actor
 loads the checkpoint once; Ray does not reuse GPU task processes). On CPUs it
 runs as tasks in Ray's pooled worker processes, each keeping the last model it
 loaded: a job then costs a model load, not a fresh actor process importing
-torch and transformers (measured on 2 cores: ~10 s per small job with an actor
-pool, see benchmarks/engine_overhead.py). The output holds ``id``, ``p1``
+torch and transformers (docs/performance.md, "Batch inference"). The output holds ``id``, ``p1``
 (P(class 1)) and, for weak labels, ``text``; never the ground-truth label, so
 a student that trains on it cannot see GT.
 """

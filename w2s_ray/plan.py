@@ -92,6 +92,14 @@ class Plan:
     def add(self, stage: Stage) -> Stage:
         return self.stages.setdefault(stage.key, stage)
 
+    def consumers(self) -> dict[str, list[str]]:
+        """Each stage's consumers (the stages that read its artifact), in plan order."""
+        out: dict[str, list[str]] = {key: [] for key in self.stages}
+        for key, stage in self.stages.items():
+            for dep in stage.deps:
+                out[dep].append(key)
+        return out
+
     def layers(self) -> list[list[Stage]]:
         """Stages grouped so every stage's inputs are in an earlier layer.
 
@@ -104,10 +112,7 @@ class Plan:
         (data, inference, features, probes) goes as early as its inputs allow:
         cheap jobs, and the model an inference needs is still loaded.
         """
-        consumers: dict[str, list[str]] = {key: [] for key in self.stages}
-        for key, stage in self.stages.items():
-            for dep in stage.deps:
-                consumers[dep].append(key)
+        consumers = self.consumers()
         depth: dict[str, int] = {}
         for key, stage in self.stages.items():  # insertion order is topological
             depth[key] = 1 + max((depth[d] for d in stage.deps), default=-1)

@@ -39,8 +39,7 @@ RAY_ENV = {
 # A local cluster serves one run on one machine: no Prometheus scrape of
 # Train metrics, no spot preemption to watch, no idle worker processes started
 # ahead of need. Each of these keeps a Python process or thread waking up during
-# training; measured on 2 cores (Tune -> TorchTrainer, fixed MiniLM steps): the
-# loop ran 12-15% slower than a bare process with them, 4-7% without them.
+# training (docs/performance.md, "Lean local Ray runtime", has the figures).
 LOCAL_RAY_ENV = {
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -108,11 +107,10 @@ def release_orphan_placement_groups(min_age_s: float = ORPHAN_AGE_S) -> list[str
 
     When ASHA stops a Tune trial, Tune kills the trial actor and with it the
     TorchTrainer controller it owns; Train V2's worker placement group can be
-    left reserved until the job ends, starving later trials (seen here with
-    Ray 2.60: a search stalls with a PENDING worker group). Ray 2.52+ has a
-    placement-group cleaner for exactly this (ray-project/ray#58515, for
-    #54305 / #53921), but it needs the dashboard's State API and was still
-    seen to miss trials stopped by ASHA, so searches keep this sweep.
+    left reserved until the job ends, starving later trials (a search stalls
+    with a PENDING worker group). Ray's own placement-group cleaner misses
+    trials stopped by ASHA (docs/performance.md has the history), so
+    searches keep this sweep.
 
     Only groups this job created (``creator_job_id``) are looked at, through
     this run's own cluster address: other jobs' reservations on a shared

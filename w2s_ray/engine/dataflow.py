@@ -38,15 +38,6 @@ class State(str, Enum):
 COMMITTED = (State.DONE, State.CACHED)
 
 
-def consumers_of(plan: Plan) -> dict[str, list[str]]:
-    """Each stage's consumers (the stages that read its artifact)."""
-    out: dict[str, list[str]] = {k: [] for k in plan.stages}
-    for key, stage in plan.stages.items():
-        for dep in stage.deps:
-            out[dep].append(key)
-    return out
-
-
 class Dataflow:
     """The plan's stages, their states, and which can start next."""
 
@@ -54,7 +45,7 @@ class Dataflow:
                  requests: dict[str, dict[str, float]] | None = None) -> None:
         self.stages = plan.stages
         self.cost = cost
-        self.consumers = consumers_of(plan)
+        self.consumers = plan.consumers()
         self.state = {k: State.CACHED if k in committed else State.WAITING for k in self.stages}
         self.tally = Counter(self.state.values())
         self.waiting_kinds = Counter(s.kind for k, s in self.stages.items() if self.state[k] == State.WAITING)

@@ -15,7 +15,6 @@ from typing import Any
 
 from w2s_ray.config import LoraConfig, ProbeConfig, Resources, SearchConfig, TrainConfig
 from w2s_ray.models import ModelSpec
-from w2s_ray.search import probe_mode, run_search_stage, run_select_stage, run_trial_tests_stage
 from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, register, rows_cost
 from w2s_ray.stages.data import counted
 from w2s_ray.stages.inference import inference_cost, job_slot
@@ -63,8 +62,28 @@ def probe_search_stage(model: ModelSpec, probe: ProbeConfig, seed: int, search: 
                        f"{search.objective})", params, inputs, "search")
 
 
+def probe_mode(search: Stage) -> bool:
+    from w2s_ray.search import probe_mode  # the implementation imports this package: imported when used
+
+    return probe_mode(search)
+
+
 def run_search(stage: Stage, ctx: StageContext) -> Meta:
+    from w2s_ray.search import run_search_stage
+
     return run_search_stage(stage, ctx.store, ctx.resources, ctx.storage_path, progress=lambda _: None)
+
+
+def run_trial_tests(stage: Stage, ctx: StageContext) -> Meta:
+    from w2s_ray.search import run_trial_tests_stage
+
+    return run_trial_tests_stage(stage, ctx)
+
+
+def run_select(stage: Stage, ctx: StageContext) -> Meta:
+    from w2s_ray.search import run_select_stage
+
+    return run_select_stage(stage, ctx)
 
 
 def concurrent_trials(stage: Stage, threads: int, resources: Resources) -> dict[str, float]:
@@ -129,7 +148,7 @@ SEARCH = register(StageKind(
     dashboard=True, gpu=lambda s: None if probe_mode(s) else training_gpus(s)))
 TRIALTESTS = register(StageKind(
     "trialtests", "every finished trial's test predictions, for the report (Ray Data batch inference)",
-    TrialTestsParams, run_trial_tests_stage, counted, request=job_slot, cost=trial_tests_cost))
+    TrialTestsParams, run_trial_tests, counted, request=job_slot, cost=trial_tests_cost))
 SELECT = register(StageKind(
     "select", "the trial with the best validation objective: the search's student (driver thread)", SelectParams,
-    run_select_stage, selected, uses_ray=False))
+    run_select, selected, uses_ray=False))
