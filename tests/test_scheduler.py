@@ -311,3 +311,16 @@ def test_two_runs_with_alpha_searches_on_one_machine_both_succeed(tmp_path):
         out, _ = run.communicate(timeout=600)
         assert run.returncode == 0, out[-3000:]
         assert "done, 0 failed, 0 blocked;" in out, out[-3000:]
+
+
+def test_a_training_retries_once_per_failure_budget_not_tune_times_train():
+    """Train's FailureConfig resumes a fine-tuning from its checkpoint; Tune must not retry the trial on top
+    (that ran a deterministic error (1 + m)^2 times). A search's heads have no Train run: Tune retries those."""
+    from w2s_ray.search import _trial_retries
+    from w2s_ray.stages.search import SEARCH
+
+    resources = Resources(max_failures=3)
+    base = {"model": {}, "loss": {"name": "logconf"}, "split": "B", "targets": "weak", "search": {}}
+    full = SEARCH.make("full", {**base, "train": {}}, {}, "search")
+    probe = SEARCH.make("probe", {**base, "probe": {}, "seed": 0, "finetune": "probe"}, {}, "search")
+    assert _trial_retries(full, resources) == 0 and _trial_retries(probe, resources) == 3

@@ -279,11 +279,17 @@ def _tune(stage: Stage, store: ArtifactStore, resources: Resources, storage_path
                                         reduction_factor=search["reduction_factor"]),
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                                      failure_config=tune.FailureConfig(max_failures=_trial_retries(stage, resources)),
                                       callbacks=[_SearchProgress(progress)]),
         )
     with quiet_tune_logs():
         return tuner.fit()
+
+
+def _trial_retries(stage: Stage, resources: Resources) -> int:
+    """Retries of one trial, counted once: a fine-tuning's are Ray Train's (it resumes from its checkpoint),
+    so Tune adds none; a head has no Train run, so Tune retries it."""
+    return resources.max_failures if probe_mode(stage) else 0
 
 
 def _trial_table(stage: Stage, store: ArtifactStore, grid: Any) -> pd.DataFrame:
