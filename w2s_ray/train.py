@@ -225,13 +225,45 @@ def curve_batches(steps_per_epoch: int, points: int) -> set[int]:
     return {round(k * steps_per_epoch / points) for k in range(1, points)} - {0, steps_per_epoch} if points else set()
 
 
+@dataclass
+class WorkerRun:
+    """What one worker's training holds from its set-up through its epochs."""
+
+    cfg: LoopConfig
+    model: torch.nn.Module
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    tables: dict[str, Ingest]
+    buffer: ThresholdBuffer | None
+    history: list[dict[str, Any]]
+    start_epoch: int
+    total_steps: int
+    setup: dict[str, float]  # reported with the first epoch it runs
+
+    def gt_test_point(self) -> dict[str, Any]:
+        """Analysis only: nothing reads it back."""
+        cfg = self.cfg
+        return {"step": self.scheduler.last_epoch, "gt_test_acc": validation_objective(
+            self.model, self.tokenizer, self.tables["monitor"].batches(128), "label", cfg.train["max_len"],
+            self.device, cfg.input_column)}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker loop: set-up (resume or load), then one report and checkpoint per epoch."""
+    """The Ray Train worker loop: set up (resume or load), then per epoch train, then save and report."""
+    run = setup_worker(LoopConfig(**config))
+    for epoch in range(run.start_epoch, run.cfg.train["epochs"]):
+        metrics = train_epoch(run, epoch)
+        save_epoch(run, epoch, metrics)
+
+
+def setup_worker(cfg: LoopConfig) -> WorkerRun:
+    """Seeds, the model (from the run's last checkpoint if any), optimizer, schedule and the ingested tables."""
     import ray.train
     import ray.train.torch
 
     started, started_at = time.perf_counter(), time.time()
-    cfg = LoopConfig(**config)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     seed = cfg.train["seed"]
@@ -276,47 +308,56 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     setup = {"worker_started_at": started_at, "setup_s": time.perf_counter() - started,
              "ingest_s": time.perf_counter() - t_ingest}
     model.train()
+    return WorkerRun(cfg, model, tokenizer, optimizer, scheduler, device, tables, buffer, history, start_epoch,
+                     total_steps, setup)
 
-    def gt_test_point() -> dict[str, Any]:  # analysis only: nothing reads it back
-        return {"step": scheduler.last_epoch, "gt_test_acc": validation_objective(
-            model, tokenizer, tables["monitor"].batches(128), "label", cfg.train["max_len"], device,
-            cfg.input_column)}
 
-    curve_after = curve_batches(total_steps // cfg.train["epochs"], cfg.monitor)
-    for epoch in range(start_epoch, cfg.train["epochs"]):
-        t0, losses, seen, alpha, curve = time.perf_counter(), [], 0, 0.0, []
-        for i, batch in enumerate(tables["train"].epoch(epoch, cfg.train["batch_size"], seed, cfg.length_buckets), 1):
-            targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
-            with precision(device):
-                loss, alpha = optimizer_step(model, tokenizer, batch[cfg.input_column], targets, cfg,
-                                             scheduler.last_epoch / total_steps, optimizer, device, buffer)
-            scheduler.step()
-            losses.append(loss)
-            seen += len(targets)
-            if i in curve_after:
-                curve.append(gt_test_point())
-        seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"],
-                   "train_loss": float(torch.stack(losses).float().mean()), "alpha": alpha,
-                   "step": scheduler.last_epoch, "samples": seen, "samples_per_s": seen / seconds, "epoch_s": seconds}
-        if epoch == start_epoch:  # model load, device placement, ingest of in-memory shards
-            metrics.update(setup)
-        if cfg.select:
-            metrics["objective"] = validation_objective(model, tokenizer, tables["val"].batches(128),
-                                                        cfg.select["column"], cfg.train["max_len"], device,
-                                                        cfg.input_column)
-        if cfg.monitor:
-            curve.append(gt_test_point())
-            metrics.update(gt_test_acc=curve[-1]["gt_test_acc"], gt_test_curve=curve)
-        history.append(metrics)
-        full_state = full_state_dict(model)
-        with tempfile.TemporaryDirectory() as tmp:
-            if ctx.get_world_rank() == 0:
-                _save_checkpoint(Path(tmp), model, tokenizer, optimizer, scheduler, epoch + 1, history, cfg,
-                                 full_state)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics)
+def train_epoch(run: WorkerRun, epoch: int) -> dict[str, Any]:
+    """One epoch's steps (and GT test points, if asked); → the epoch's metrics, its validation objective too."""
+    cfg = run.cfg
+    t0, losses, seen, alpha, curve = time.perf_counter(), [], 0, 0.0, []
+    curve_after = curve_batches(run.total_steps // cfg.train["epochs"], cfg.monitor)
+    batches = run.tables["train"].epoch(epoch, cfg.train["batch_size"], cfg.train["seed"], cfg.length_buckets)
+    for i, batch in enumerate(batches, 1):
+        targets = torch.as_tensor(batch[cfg.target_column], dtype=torch.float32)
+        with precision(run.device):
+            loss, alpha = optimizer_step(run.model, run.tokenizer, batch[cfg.input_column], targets, cfg,
+                                         run.scheduler.last_epoch / run.total_steps, run.optimizer, run.device,
+                                         run.buffer)
+        run.scheduler.step()
+        losses.append(loss)
+        seen += len(targets)
+        if i in curve_after:
+            curve.append(run.gt_test_point())
+    seconds = time.perf_counter() - t0
+    metrics = {"epoch": epoch + 1, "epochs": cfg.train["epochs"],
+               "train_loss": float(torch.stack(losses).float().mean()), "alpha": alpha,
+               "step": run.scheduler.last_epoch, "samples": seen, "samples_per_s": seen / seconds, "epoch_s": seconds}
+    if epoch == run.start_epoch:  # model load, device placement, ingest of in-memory shards
+        metrics.update(run.setup)
+    if cfg.select:
+        metrics["objective"] = validation_objective(run.model, run.tokenizer, run.tables["val"].batches(128),
+                                                    cfg.select["column"], cfg.train["max_len"], run.device,
+                                                    cfg.input_column)
+    if cfg.monitor:
+        curve.append(run.gt_test_point())
+        metrics.update(gt_test_acc=curve[-1]["gt_test_acc"], gt_test_curve=curve)
+    return metrics
+
+
+def save_epoch(run: WorkerRun, epoch: int, metrics: dict[str, Any]) -> None:
+    """Append the epoch to the history; rank 0 checkpoints (weights, optimizer, schedule, RNG), every rank reports."""
+    import ray.train
+
+    run.history.append(metrics)
+    full_state = full_state_dict(run.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        if ray.train.get_context().get_world_rank() == 0:
+            _save_checkpoint(Path(tmp), run.model, run.tokenizer, run.optimizer, run.scheduler, epoch + 1,
+                             run.history, run.cfg, full_state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
 
 
 def _adapted_backbone(init: dict[str, str] | None) -> Path | None:
