@@ -17,7 +17,7 @@ def trial_request(stage: Stage, use_gpu: bool, num_workers: int, worker_cpus: fl
     """What one training trial of ``stage`` asks the cluster for, in words."""
     if not use_gpu:
         return f"{num_workers} worker(s) x {worker_cpus:g} CPU"
-    need = stage.type.gpu_need(stage)
+    need = stage.type.gpu(stage) if stage.type.gpu else None
     if need is None:
         return f"{num_workers} worker(s) x 1 GPU"
     if not need["fits"]:

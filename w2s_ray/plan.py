@@ -322,6 +322,6 @@ def naive_trainings(configs: list[ExperimentConfig]) -> int:
 def check_gpu_fit(plan: Plan) -> None:
     """Refuse, before anything starts, a plan with a GPU training that its trial could not run."""
     for stage in plan.stages.values():
-        need = stage.type.gpu_need(stage)
+        need = stage.type.gpu(stage) if stage.type.gpu else None
         if need is not None and not need["fits"]:
             raise ConfigError(f"models.{stage.params['model']['name']}", f"{stage.name}: {need['refusal']}")

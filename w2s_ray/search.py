@@ -176,17 +176,12 @@ def run_search_stage(stage: Stage, store: ArtifactStore, resources: Resources, s
     trials = _trial_table(stage, store, grid)
     if not trials["committed"].any():
         raise RuntimeError(f"{stage.name}: no trial finished")
-    return _commit_trials(store, stage, trials, t0, objective=stage.params["search"]["objective"],
-                          trials=len(trials), finished=int(trials["committed"].sum()))
-
-
-def _commit_trials(store: ArtifactStore, stage: Stage, trials: pd.DataFrame, t0: float,
-                   **fields: Any) -> dict[str, Any]:
-    """Commit a trial table as ``stage``'s artifact (search, trialtests and select each hold one)."""
     with store.building(stage.key) as build:
         trials.to_parquet(build.dir / TRIALS_FILE, index=False)
-        build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs,
-                             "seconds": time.perf_counter() - t0, **fields}
+        build.meta = meta = {
+            "stage": stage.name, "params": stage.params, "inputs": stage.inputs, "seconds": time.perf_counter() - t0,
+            "objective": stage.params["search"]["objective"], "trials": len(trials),
+            "finished": int(trials["committed"].sum())}
     return meta
 
 
@@ -203,7 +198,11 @@ def run_trial_tests_stage(stage: Stage, ctx: Any) -> dict[str, Any]:
     store, search = ctx.store, search_of(ctx.store, stage.inputs["model"])
     trials = read_trials(store, search.key).drop(columns=["test_key"], errors="ignore")
     trials["test_key"] = [_predict_test(search, row, ctx) if row.committed else None for row in trials.itertuples()]
-    return _commit_trials(store, stage, trials, t0, rows=int(trials["test_key"].notna().sum()))
+    with store.building(stage.key) as build:
+        trials.to_parquet(build.dir / TRIALS_FILE, index=False)
+        build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs,
+                             "rows": int(trials["test_key"].notna().sum()), "seconds": time.perf_counter() - t0}
+    return meta
 
 
 def _predict_test(search: Stage, row: Any, ctx: Any) -> str:
@@ -231,10 +230,15 @@ def run_select_stage(stage: Stage, ctx: Any) -> dict[str, Any]:
     store = ctx.store
     trials = read_trials(store, stage.inputs["tests"])
     best = trials[trials["committed"]].sort_values(["objective", "trial_index"], ascending=[False, True]).iloc[0]
-    best_fields = ("trial_key", "test_key", "alpha_max", "warmup_frac", "lr", "objective")
-    return _commit_trials(store, stage, trials, t0, objective=stage.params["objective"],
-                          best={k: _plain(best[k]) for k in best_fields}, trials=len(trials),
-                          finished=int(trials["committed"].sum()))
+    with store.building(stage.key) as build:
+        trials.to_parquet(build.dir / TRIALS_FILE, index=False)
+        build.meta = meta = {
+            "stage": stage.name, "params": stage.params, "inputs": stage.inputs, "seconds": time.perf_counter() - t0,
+            "objective": stage.params["objective"],
+            "best": {k: _plain(best[k]) for k in ("trial_key", "test_key", "alpha_max", "warmup_frac", "lr",
+                                                  "objective")},
+            "trials": len(trials), "finished": int(trials["committed"].sum())}
+    return meta
 
 
 def _plain(v: Any) -> Any:

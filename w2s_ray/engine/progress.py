@@ -46,8 +46,8 @@ class ProgressLog:
         c = self.flow.counts()
         self.progress(f"[{c[State.DONE] + c[State.CACHED]}/{len(self.flow.stages)}] {line}")
 
-    def finished(self, stage: Stage, meta: Meta) -> None:
-        """Record and print a committed stage, with its seconds (the runner's own, else the wall time)."""
+    def finished(self, stage: Stage, meta: Meta) -> float:
+        """Record and print a committed stage; → its seconds (the runner's own, else the wall time)."""
         seconds = float(meta.get("seconds", self.now() - self.started[stage.key]))
         self.report.ran[stage.key] = seconds
         self.report.phases.append((stage.name, self.started[stage.key], self.now()))
@@ -56,6 +56,7 @@ class ProgressLog:
         acc = self.per_kind.setdefault(stage.kind, [0.0, 0.0])
         acc[0], acc[1] = acc[0] + seconds, acc[1] + cost
         self.say(f"{stage.name}: {self._describe(stage, meta)} ({seconds:.1f}s)")
+        return seconds
 
     @staticmethod
     def _describe(stage: Stage, meta: Meta) -> str:

@@ -49,7 +49,8 @@ class TrainingEvents:
         training is staged in time for Tune to hand it this trial's process (``reuse_actors``)."""
         key = trial.config["stage"]
         if self.sched.flow.state[key] == State.RUNNING:
-            self.sched.finished(key, {"seconds": result["seconds"]} if "seconds" in result else {})
+            self.sched.finished(key, {"seconds": result.get("seconds", self.sched.log.now()
+                                                             - self.sched.log.started[key])})
             self.sched.step(force=True)
 
     def ended(self, trial: Any) -> None:

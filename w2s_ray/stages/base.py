@@ -85,12 +85,6 @@ def plain(stage: Stage, meta: Meta) -> str:
     return "done"
 
 
-def counted(stage: Stage, meta: Meta) -> str:
-    """"N rows": a progress line for a stage that writes rows."""
-    rows = meta.get("rows")
-    return f"{sum(rows.values()) if isinstance(rows, dict) else rows} rows"
-
-
 @dataclass(frozen=True)
 class StageKind:
     """One kind of stage, everything the engine knows about it.
@@ -131,10 +125,6 @@ class StageKind:
                              f"{self.threads!r} (one of {THREADS})")
         if not dataclasses.is_dataclass(self.params):
             raise TypeError(f"stage kind {self.name}: params must be a dataclass, not {self.params!r}")
-
-    def gpu_need(self, stage: Stage) -> dict[str, Any] | None:
-        """The GPUs one trial of ``stage`` needs; None for a kind that trains no model (or an unknown size)."""
-        return self.gpu(stage) if self.gpu else None
 
     def make(self, name: str, params: dict[str, Any], inputs: dict[str, str], role: str) -> Stage:
         """A stage of this kind, keyed by its kind, parameters and inputs; a parameter it lacks is an error."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from w2s_ray.config import SplitConfig
 from w2s_ray.data import DatasetSpec, fingerprint
-from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, counted, register
+from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, register
 
 SPLIT_ROWS = {"A": "n_weak", "B": "n_strong", "test": "n_test", "val": "n_val"}  # split -> its size field
 
@@ -78,6 +78,12 @@ def run_data(stage: Stage, ctx: StageContext) -> Meta:
         build.meta = meta = {"stage": stage.name, "params": stage.params, "inputs": stage.inputs, **meta,
                              "seconds": time.perf_counter() - t0}
     return meta
+
+
+def counted(stage: Stage, meta: Meta) -> str:
+    """"N rows": a progress line for a stage that writes rows."""
+    rows = meta.get("rows")
+    return f"{sum(rows.values()) if isinstance(rows, dict) else rows} rows"
 
 
 ROWS = register(StageKind(

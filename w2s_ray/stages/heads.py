@@ -11,7 +11,8 @@ from typing import Any
 
 from w2s_ray.config import LossConfig, ProbeConfig
 from w2s_ray.models import ModelSpec
-from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, cores_request, counted, register
+from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, cores_request, register
+from w2s_ray.stages.data import counted
 from w2s_ray.stages.inference import INFER_ROLES, prediction_names
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from w2s_ray.config import Resources
 from w2s_ray.models import ModelSpec
-from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, counted, register
+from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, register
+from w2s_ray.stages.data import counted
 
 INFER_ROLES = {"B": ("weak labels", "labels"), "val": ("validation weak labels", "val labels")}
 

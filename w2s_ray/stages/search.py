@@ -15,7 +15,8 @@ from typing import Any
 
 from w2s_ray.config import LoraConfig, ProbeConfig, Resources, SearchConfig, TrainConfig
 from w2s_ray.models import ModelSpec
-from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, counted, register, rows_cost
+from w2s_ray.stages.base import Meta, Stage, StageContext, StageKind, register, rows_cost
+from w2s_ray.stages.data import counted
 from w2s_ray.stages.inference import inference_cost, job_slot
 from w2s_ray.stages.training import training_cost, training_gpus
 
